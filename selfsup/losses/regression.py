@@ -1,0 +1,16 @@
+"""Regression losses between an online prediction and a target."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss (Grill et al., 2020): mean squared error of L2-normalised vectors,
+
+        L = || p/||p|| - z/||z|| ||^2 = 2 - 2 * cos(p, z),
+
+    averaged over the batch. ``z`` is the target; pass it detached (no gradient flows to it).
+    """
+    return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()

@@ -1,0 +1,104 @@
+"""Backbones: torchvision ResNets (optional CIFAR stem, dilated last stage) and timm ViTs.
+
+Every backbone returns ``(feature_map, pooled)``: the last feature map (B, C, h, w) and its
+pooled vector (B, C). Weights keep the naming of the library they come from, so an exported
+ResNet loads into ``torchvision.models.resnet18()`` and a ViT into ``timm.create_model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+RESNETS = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+}
+
+
+@dataclass
+class BackboneConfig:
+    """Which encoder to build.
+
+    name: ``resnet18`` / ``resnet34`` / ``resnet50`` or any timm ViT name (``vit_small_patch16_224``).
+    cifar_stem: replace the 7x7 stride-2 conv + max-pool by a 3x3 stride-1 conv (32 px inputs).
+    dilate_last: dilate the last ResNet stage instead of striding (output stride 16).
+    zero_init_residual: zero the last BN gamma of every residual block.
+    img_size: input size for ViTs (position embeddings are built for it).
+    """
+
+    name: str = "resnet18"
+    cifar_stem: bool = False
+    dilate_last: bool = False
+    zero_init_residual: bool = False
+    img_size: int = 224
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without its classifier (``fc`` is an identity)."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        net = RESNETS[cfg.name](
+            weights=None,
+            zero_init_residual=cfg.zero_init_residual,
+            replace_stride_with_dilation=[False, False, cfg.dilate_last],
+        )
+        if cfg.cifar_stem:
+            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            net.maxpool = nn.Identity()
+        self.out_dim: int = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return x, torch.flatten(n.avgpool(x), 1)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights named as in ``torchvision.models.resnetXX()`` (without ``fc``)."""
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+
+class ViTBackbone(nn.Module):
+    """A timm Vision Transformer: patch tokens as the feature map, CLS token as the vector."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model(
+            cfg.name, pretrained=False, num_classes=0, img_size=cfg.img_size
+        )
+        self.out_dim = int(self.net.num_features)
+        self.num_prefix = int(getattr(self.net, "num_prefix_tokens", 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.net.forward_features(x)
+        patches = tokens[:, self.num_prefix :]
+        h, w = self.net.patch_embed.grid_size
+        fmap = patches.transpose(1, 2).reshape(x.shape[0], self.out_dim, h, w)
+        return fmap, self.net.forward_head(tokens, pre_logits=True)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights named as in ``timm.create_model(name, num_classes=0)``."""
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+
+def build_backbone(cfg: BackboneConfig) -> ResNetBackbone | ViTBackbone:
+    """Build the encoder named by ``cfg.name``; unknown names get a one-line ValueError."""
+    if cfg.name in RESNETS:
+        return ResNetBackbone(cfg)
+    import timm
+
+    if cfg.name.startswith("vit") and timm.is_model(cfg.name):
+        return ViTBackbone(cfg)
+    known = ", ".join([*RESNETS, "vit_* (timm)"])
+    raise ValueError(f"unknown backbone {cfg.name!r}; available: {known}")

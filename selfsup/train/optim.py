@@ -1,0 +1,74 @@
+"""Optimisers (SGD, LARS, AdamW) with norm and bias parameters excluded from weight decay."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from selfsup.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and 1-D parameters (norms, biases: neither)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lars": True},
+        {"params": no_decay, "weight_decay": 0.0, "lars": False},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al., 2017) around SGD with momentum, as used by SimCLR / BYOL / PixPro.
+
+    For parameters of a group with ``lars=True``: g <- g + wd * w, then
+    g <- g * eta * ||w|| / ||g|| (when both norms are > 0), then heavy-ball momentum.
+    Groups with ``lars=False`` (norms, biases) get plain momentum SGD without decay.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, trust_coefficient: float = 0.001) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0,
+                                  "trust_coefficient": trust_coefficient, "lars": True})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["lars"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    ratio = torch.where(
+                        (w_norm > 0) & (g_norm > 0),
+                        group["trust_coefficient"] * w_norm / g_norm,
+                        torch.ones_like(w_norm),
+                    )
+                    g = g * ratio
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser named by ``cfg.name`` over ``model``'s trainable parameters."""
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        for g in groups:
+            g.pop("lars")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+    if cfg.name == "adamw":
+        for g in groups:
+            g.pop("lars")
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    raise ValueError(f"unknown optimiser {cfg.name!r}; available: sgd, lars, adamw")

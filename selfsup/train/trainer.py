@@ -1,0 +1,307 @@
+"""The one training loop, for every method.
+
+It knows nothing about any method: it builds views with the method's recipe, calls the
+method's forward for a loss, steps the optimiser on a warm-up + cosine schedule, calls the
+method's ``on_step`` hook, logs, checkpoints every epoch and evaluates with kNN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from selfsup.config import ConfigError, PretrainConfig
+from selfsup.data import DatasetSplits, ImageDataset, open_dataset
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import knn_accuracy
+from selfsup.methods import Method, build_method
+from selfsup.train import checkpoint as ckpt
+from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
+from selfsup.train.optim import build_optimizer
+from selfsup.train.schedule import warmup_cosine
+from selfsup.views.recipes import RECIPES, ViewSpec, make_views
+
+
+@dataclass
+class Precision:
+    """Autocast dtype (None = full precision) and whether a gradient scaler is needed."""
+
+    dtype: torch.dtype | None
+    scaler: bool
+
+
+def choose_precision(amp: str, device: torch.device) -> Precision:
+    """``auto``: bf16 on GPUs that support it, else fp16 with loss scaling; off on CPU."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return Precision(None, False)
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        if device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 or off on CPU")
+        return Precision(torch.float16, True)
+    return Precision(torch.bfloat16, False)
+
+
+def view_specs(cfg: PretrainConfig, method_cls: type[Method]) -> list[ViewSpec]:
+    """The view recipe: the configured one, else the method's own."""
+    name = cfg.views.recipe or method_cls.recipe
+    if name not in RECIPES:
+        raise ConfigError(f"unknown views.recipe {name!r}; available: {', '.join(RECIPES)}")
+    v = cfg.views
+    return RECIPES[name](v.size, v.scale, v.blur, v.mean, v.std)
+
+
+def cap(dataset: ImageDataset, max_images: int, seed: int) -> ImageDataset:
+    """A fixed random subset of at most ``max_images`` images (0 = all)."""
+    if max_images <= 0 or max_images >= len(dataset):
+        return dataset
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(perm[:max_images].sort().values)
+
+
+def knn_eval(
+    backbone: nn.Module, splits: DatasetSplits, cfg: PretrainConfig, device: torch.device,
+    max_train: int, max_test: int,
+) -> float | None:
+    """kNN top-1 of ``backbone`` on the held-out split (None when it has no labels)."""
+    if splits.test is None or not splits.test.has_labels or not splits.train.has_labels:
+        return None
+    t, v = cfg.train, cfg.views
+    train = cap(splits.train, max_train, cfg.train.seed)
+    test = cap(splits.test, max_test, cfg.train.seed)
+    args = (v.size, v.mean, v.std, t.eval_batch_size, device)
+    ftr, ytr = extract_features(backbone, train, *args)
+    fte, yte = extract_features(backbone, test, *args)
+    return knn_accuracy(ftr, ytr, fte, yte, len(splits.train.classes), t.knn_k, t.knn_temperature)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Pre-trains ``cfg.method`` on ``cfg.data.path``; see :meth:`fit`."""
+
+    def __init__(self, cfg: PretrainConfig, dist: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist or init_distributed(cfg.train.device)
+        self.out = Path(cfg.train.out_dir)
+        t = cfg.train
+        per_rank, rem = divmod(t.batch_size, self.dist.world_size * t.accum_steps)
+        if rem or per_rank < 1:
+            raise ConfigError(
+                f"train.batch_size {t.batch_size} must be divisible by world size "
+                f"{self.dist.world_size} x accum_steps {t.accum_steps}"
+            )
+        self.micro_batch = per_rank
+        seed_everything(t.seed + self.dist.rank)
+        d = cfg.data
+        splits = open_dataset(
+            d.path, load_size=d.load_size, memory_limit_gb=d.memory_limit_gb, num_workers=d.num_workers
+        )
+        self.splits = DatasetSplits(
+            cap(splits.train, d.max_images, t.seed),
+            None if splits.test is None else cap(splits.test, d.max_test_images, t.seed),
+        )
+        n_micro = self.splits.train.num_batches(per_rank, self.dist.world_size, drop_last=True)
+        self.steps_per_epoch = n_micro // t.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"train.batch_size {t.batch_size} is larger than the dataset "
+                f"({len(self.splits.train)} images)"
+            )
+        self.total_steps = t.epochs * self.steps_per_epoch
+
+        self.method = build_method(cfg).to(self.dist.device)
+        self.specs = view_specs(cfg, type(self.method))
+        if t.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.method, self.model = wrap_model(self.method, self.dist, t.sync_bn)
+        self.optimizer = build_optimizer(self.method, cfg.optim)
+        self.precision = choose_precision(t.amp, self.dist.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.precision.scaler)
+        self.view_gen = torch.Generator().manual_seed(t.seed * 1000 + self.dist.rank)
+        self.epoch = 0
+        self.step = 0
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": ckpt.rng_state(self.view_gen),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        ckpt.set_rng_state(state["rng"], self.view_gen)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---------------------------------------------------------------- loop
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optim
+        warmup = round(o.warmup_epochs * self.steps_per_epoch)
+        return warmup_cosine(step, self.total_steps, warmup, o.lr, o.min_lr, o.warmup_start_factor)
+
+    def train_step(self, micro_batches: list) -> dict[str, torch.Tensor]:
+        """One optimiser step over ``accum_steps`` micro-batches."""
+        lr = self.lr_at(self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        logs: dict[str, torch.Tensor] = {}
+        n = len(micro_batches)
+        for i, batch in enumerate(micro_batches):
+            batch = batch.to(self.dist.device)
+            views = make_views(batch.images, batch.sizes, self.specs, self.view_gen)
+            if self.cfg.train.channels_last:
+                for v in views:
+                    v.images = v.images.contiguous(memory_format=torch.channels_last)
+            sync = i == n - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
+            ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+            autocast = torch.autocast(
+                self.dist.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None
+            )
+            with ctx, autocast:
+                out = self.model(views)
+            with ctx:
+                self.scaler.scale(out.loss / n).backward()
+            logs["loss"] = logs.get("loss", 0) + out.loss.detach() / n
+            for k, v in out.logs.items():
+                logs[k] = logs.get(k, 0) + v.detach().float() / n
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.method.on_step(self.step, self.total_steps)
+        logs["lr"] = torch.tensor(lr)
+        return logs
+
+    def train_epoch(self) -> dict[str, float]:
+        t = self.cfg.train
+        batches = self.splits.train.batches(
+            self.micro_batch, shuffle=True, seed=t.seed, epoch=self.epoch,
+            rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
+        )
+        bar = tqdm(
+            total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", file=sys.stderr,
+            disable=not (self.dist.is_main and t.progress), dynamic_ncols=True, leave=False,
+        )
+        self.method.train()
+        images_per_step = t.batch_size
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        pending: list = []
+        done = 0
+        for batch in batches:
+            pending.append(batch)
+            if len(pending) < t.accum_steps:
+                continue
+            logs = self.train_step(pending)
+            pending = []
+            done += 1
+            if done % t.log_every == 0 or done == self.steps_per_epoch:
+                values = {k: float(v) for k, v in logs.items()}  # one host sync per log interval
+                if not math.isfinite(values["loss"]):
+                    raise FloatingPointError(f"loss is {values['loss']} at step {self.step}")
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                sums["_n"] = sums.get("_n", 0) + 1
+                elapsed = time.perf_counter() - start
+                ips = done * images_per_step / elapsed
+                remaining = (self.total_steps - self.step) * elapsed / done
+                bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{ips:.0f}",
+                                eta=time.strftime("%H:%M:%S", time.gmtime(remaining)))
+                self.log({"epoch": self.epoch + 1, "step": self.step, **values, "img_per_s": ips})
+            bar.update(1)
+            if done == self.steps_per_epoch:
+                break
+        bar.close()
+        elapsed = time.perf_counter() - start
+        n = sums.pop("_n", 1)
+        summary = {k: v / n for k, v in sums.items()}
+        summary["img_per_s"] = done * images_per_step / elapsed
+        summary["epoch_time_s"] = elapsed
+        return summary
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to ``train.epochs``; return the final metrics (also written to the run folder)."""
+        t = self.cfg.train
+        if resume:
+            if not self.checkpoint_path.is_file():
+                raise ConfigError(f"--resume: no checkpoint to resume at {self.checkpoint_path}")
+            self.load_state_dict(ckpt.load(self.checkpoint_path))
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        if self.dist.is_main and self.epoch == 0:
+            print(
+                f"selfsup: {self.cfg.method} on {len(self.splits.train)} images, "
+                f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs, batch {t.batch_size}, "
+                f"{self.dist.world_size} process(es) on {self.dist.device}",
+                file=sys.stderr,
+            )
+        while self.epoch < t.epochs:
+            summary = self.train_epoch()
+            self.epoch += 1
+            record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "summary": summary}
+            if self.dist.is_main and t.knn_every > 0 and (
+                self.epoch % t.knn_every == 0 or self.epoch == t.epochs
+            ):
+                acc = knn_eval(self.method.backbone, self.splits, self.cfg, self.dist.device,
+                               t.knn_max_train, t.knn_max_test)
+                if acc is not None:
+                    record["online_knn"] = acc
+            self.log(record)
+            if self.dist.is_main:
+                ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
+                knn = f", online kNN {record['online_knn']:.4f}" if "online_knn" in record else ""
+                print(f"epoch {self.epoch}/{t.epochs}: loss {summary.get('loss', float('nan')):.4f}, "
+                      f"{summary['img_per_s']:.0f} img/s{knn}", file=sys.stderr)
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Final kNN on the whole (capped) splits, written to ``knn.json``; exported backbone."""
+        result: dict[str, Any] = {"method": self.cfg.method, "epochs": self.epoch, "steps": self.step}
+        if not self.dist.is_main:
+            return result
+        acc = knn_eval(self.method.backbone, self.splits, self.cfg, self.dist.device, 0, 0)
+        if acc is not None:
+            result.update(knn_top1=acc, k=self.cfg.train.knn_k, temperature=self.cfg.train.knn_temperature,
+                          train_images=len(self.splits.train), test_images=len(self.splits.test))
+            (self.out / "knn.json").write_text(json.dumps(result, indent=2))
+            print(f"kNN top-1 (k={self.cfg.train.knn_k}): {acc:.4f} -> {self.out / 'knn.json'}",
+                  file=sys.stderr)
+        torch.save(self.method.backbone.export_state_dict(), self.out / "backbone.pth")
+        return result

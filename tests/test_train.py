@@ -1,0 +1,144 @@
+"""End-to-end pre-training through the CLI on real CIFAR-10 images: outputs, resume,
+Ctrl-C, export and the errors a user sees."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from selfsup.cli import main
+from selfsup.train import trainer as trainer_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["backbone.cifar_stem=false", "train.knn_every=1", "train.progress=false",
+        "train.log_every=1", "optim.warmup_epochs=1"]
+
+
+def _pretrain(method, data, out, *extra, epochs=2, batch=32):
+    return main(["pretrain", "--method", method, "--data", str(data),
+                 "--config", str(ROOT / f"configs/cifar10/{method}.yaml"),
+                 "--epochs", str(epochs), "--batch-size", str(batch), "--out", str(out),
+                 "--set", *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def small_cifar(cifar_subset):
+    return cifar_subset(10, 5)  # 100 train, 50 test images, real CIFAR-10
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_pretrain_writes_checkpoint_metrics_knn_and_backbone(method, small_cifar, tmp_path, capsys):
+    assert _pretrain(method, small_cifar, tmp_path) == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "summary" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    steps = [r for r in records if "summary" not in r]
+    assert len(steps) == 2 * 3  # 100 images // 32 = 3 steps per epoch
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    assert all(0 < r["online_knn"] <= 1 for r in epochs)
+    knn = json.loads((tmp_path / "knn.json").read_text())
+    assert knn["train_images"] == 100 and knn["test_images"] == 50 and 0 <= knn["knn_top1"] <= 1
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 6
+    assert (tmp_path / "config.yaml").is_file()
+    weights = torch.load(tmp_path / "backbone.pth", weights_only=True)
+    net = torchvision.models.resnet18()
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+
+
+def test_resume_continues_the_same_run(small_cifar, tmp_path):
+    extra = ["train.knn_every=0"]
+    assert _pretrain("byol", small_cifar, tmp_path / "straight", *extra) == 0
+    assert _pretrain("byol", small_cifar, tmp_path / "split", *extra, epochs=1) == 0
+    # the second half re-reads its config (epochs=2) and continues from the saved epoch
+    assert main(["pretrain", "--method", "byol", "--data", str(small_cifar),
+                 "--config", str(ROOT / "configs/cifar10/byol.yaml"), "--epochs", "2",
+                 "--batch-size", "32", "--out", str(tmp_path / "split"), "--resume",
+                 "--set", *FAST, *extra]) == 0
+    a = torch.load(tmp_path / "straight/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split/last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k, v in a["method"].items():
+        assert torch.allclose(v.float(), b["method"][k].float(), atol=1e-6), k
+    for k, v in a["optimizer"]["state"].items():
+        assert torch.allclose(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"], atol=1e-6)
+
+
+def test_ctrl_c_keeps_last_epoch_resumable(small_cifar, tmp_path, monkeypatch, capsys):
+    real_step = trainer_mod.Trainer.train_step
+    calls = {"n": 0}
+
+    def interrupted(self, batches):
+        calls["n"] += 1
+        if calls["n"] == 5:  # during epoch 2 (3 steps per epoch)
+            raise KeyboardInterrupt
+        return real_step(self, batches)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupted)
+    assert _pretrain("simclr", small_cifar, tmp_path, "train.knn_every=0") == 130
+    assert "epoch 1 is saved" in capsys.readouterr().err
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real_step)
+    assert main(["pretrain", "--method", "simclr", "--data", str(small_cifar), "--config",
+                 str(ROOT / "configs/cifar10/simclr.yaml"), "--epochs", "2", "--batch-size", "32",
+                 "--out", str(tmp_path), "--resume", "--set", *FAST, "train.knn_every=0"]) == 0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_eval_and_export_commands(small_cifar, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _pretrain("simclr", small_cifar, run, "backbone.cifar_stem=true", "train.knn_every=0",
+                     epochs=1) == 0
+    assert main(["eval", "knn", "--checkpoint", str(run), "--data", str(small_cifar)]) == 0
+    knn = json.loads((run / "knn.json").read_text())
+    assert knn["train_images"] == 100 and knn["k"] == 200
+    assert main(["eval", "linear", "--checkpoint", str(run), "--data", str(small_cifar),
+                 "--epochs", "5"]) == 0
+    lin = json.loads((run / "linear.json").read_text())
+    assert lin["epochs"] == 5 and 0 <= lin["last_epoch_top1"] <= lin["best_epoch_top1"] <= 1
+    assert main(["eval", "knn", "--checkpoint", str(run), "--data", str(small_cifar),
+                 "--random-init"]) == 0
+    assert json.loads((run / "knn_random_init.json").read_text())["random_init"] is True
+    # export: CIFAR-stem weights load into torchvision's resnet18 with the same stem change
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "r18.pth")]) == 0
+    weights = torch.load(tmp_path / "r18.pth", weights_only=True)
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.maxpool = torch.nn.Identity()
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    trained = torch.load(run / "last.pt", weights_only=True)["method"]
+    assert torch.equal(net.layer1[0].conv1.weight, trained["backbone.net.layer1.0.conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "simclrr"], "error: unknown method 'simclrr' (did you mean 'simclr'?)"),
+        (["--method", "simclr", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+        (["--method", "simclr", "--batch-size", "4096"], "larger than the dataset (100 images)"),
+        (["--method", "simclr", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+        (["--method", "simclr", "--set", "train.epochs=two"], "train.epochs: expected an integer"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message, small_cifar, tmp_path, capsys):
+    argv = ["pretrain", "--data", str(small_cifar), "--out", str(tmp_path), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_missing_data_is_one_line_error(tmp_path, capsys):
+    assert main(["pretrain", "--method", "simclr", "--data", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "nowhere" in err and len(err.splitlines()) == 1
+
+
+def test_methods_lists_simclr_and_byol(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "simclr" in out and "byol" in out
