@@ -80,7 +80,11 @@ def test_ddp_gradients_equal_single_process(method_name, tmp_path, cifar_images)
     for r in ranks:
         assert r["grads"].keys() == reference.keys()
         for k, g in reference.items():
-            assert torch.allclose(r["grads"][k], g, rtol=1e-3, atol=1e-5), (
-                f"{method_name}: gradient of {k} differs under DDP "
-                f"(max diff {(r['grads'][k] - g).abs().max():.3g}, scale {g.abs().max():.3g})"
+            # float32 round-off only (a dropped cross-rank term or per-rank BN statistics give
+            # errors of order 1); the absolute term covers gradients that are zero in exact
+            # arithmetic, e.g. a bias followed by batch norm (BYOL's projector output)
+            diff = (r["grads"][k] - g).norm()
+            assert diff < 1e-3 * g.norm() + 1e-6, (
+                f"{method_name}: gradient of {k} differs under DDP (|diff| {diff:.3g}, |g| {g.norm():.3g})"
             )
+

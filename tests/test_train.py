@@ -49,43 +49,37 @@ def test_pretrain_writes_checkpoint_metrics_knn_and_backbone(method, small_cifar
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
 
 
-def test_resume_continues_the_same_run(small_cifar, tmp_path):
-    extra = ["train.knn_every=0"]
-    assert _pretrain("byol", small_cifar, tmp_path / "straight", *extra) == 0
-    assert _pretrain("byol", small_cifar, tmp_path / "split", *extra, epochs=1) == 0
-    # the second half re-reads its config (epochs=2) and continues from the saved epoch
-    assert main(["pretrain", "--method", "byol", "--data", str(small_cifar),
-                 "--config", str(ROOT / "configs/cifar10/byol.yaml"), "--epochs", "2",
-                 "--batch-size", "32", "--out", str(tmp_path / "split"), "--resume",
-                 "--set", *FAST, *extra]) == 0
-    a = torch.load(tmp_path / "straight/last.pt", weights_only=True)
-    b = torch.load(tmp_path / "split/last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
-    for k, v in a["method"].items():
-        assert torch.allclose(v.float(), b["method"][k].float(), atol=1e-6), k
-    for k, v in a["optimizer"]["state"].items():
-        assert torch.allclose(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"], atol=1e-6)
-
-
-def test_ctrl_c_keeps_last_epoch_resumable(small_cifar, tmp_path, monkeypatch, capsys):
+def _interrupt_at(monkeypatch, call: int) -> None:
+    """Make the trainer's ``call``-th optimiser step raise KeyboardInterrupt (Ctrl-C)."""
     real_step = trainer_mod.Trainer.train_step
     calls = {"n": 0}
 
     def interrupted(self, batches):
         calls["n"] += 1
-        if calls["n"] == 5:  # during epoch 2 (3 steps per epoch)
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return real_step(self, batches)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupted)
-    assert _pretrain("simclr", small_cifar, tmp_path, "train.knn_every=0") == 130
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_ctrl_c_then_resume_continues_the_same_run(method, small_cifar, tmp_path, monkeypatch, capsys):
+    extra = ["train.knn_every=0"]
+    assert _pretrain(method, small_cifar, tmp_path / "straight", *extra) == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 5)  # during epoch 2 (3 steps per epoch)
+        assert _pretrain(method, small_cifar, tmp_path / "split", *extra) == 130
     assert "epoch 1 is saved" in capsys.readouterr().err
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real_step)
-    assert main(["pretrain", "--method", "simclr", "--data", str(small_cifar), "--config",
-                 str(ROOT / "configs/cifar10/simclr.yaml"), "--epochs", "2", "--batch-size", "32",
-                 "--out", str(tmp_path), "--resume", "--set", *FAST, "train.knn_every=0"]) == 0
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "split/last.pt", weights_only=True)["epoch"] == 1
+    assert _pretrain(method, small_cifar, tmp_path / "split", *extra, "--resume") == 0
+    a = torch.load(tmp_path / "straight/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split/last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6 and b["epoch"] == 2
+    for k, v in a["method"].items():
+        assert torch.allclose(v.float(), b["method"][k].float(), atol=1e-6), k
+    for k, v in a["optimizer"]["state"].items():
+        assert torch.allclose(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"], atol=1e-6)
 
 
 def test_eval_and_export_commands(small_cifar, tmp_path, capsys):

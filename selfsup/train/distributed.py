@@ -126,7 +126,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm with statistics over the GLOBAL batch (all ranks), on any device.
 
     PyTorch's ``SyncBatchNorm`` runs only on CUDA; this one all-reduces the per-channel
-    sum, sum of squares and count with gradient, so CPU (gloo) runs and tests normalise
+    sums and count, then the centred sums of squares, with gradient, so CPU (gloo) runs and tests normalise
     exactly like one process holding the whole batch. Alone it is a plain batch norm.
     """
 
@@ -139,20 +139,21 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
+        shape = [1, c] + [1] * (x.dim() - 2)
         xf = x.float()
-        local = torch.cat([xf.sum(dims), (xf * xf).sum(dims), xf.new_tensor([x.numel() / c])])
-        total = all_reduce_with_grad(local)
+        # two passes (mean, then centred squares) for the same round-off as one process
+        total = all_reduce_with_grad(torch.cat([xf.sum(dims), xf.new_tensor([x.numel() / c])]))
         n = total[-1]
         mean = total[:c] / n
-        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+        centred = xf - mean.view(shape)
+        var = all_reduce_with_grad((centred * centred).sum(dims)) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
                 self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), m)
                 self.num_batches_tracked.add_(1)
-        shape = [1, c] + [1] * (x.dim() - 2)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
