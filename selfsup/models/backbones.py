@@ -38,16 +38,35 @@ class BackboneConfig:
     img_size: int = 224
 
 
+def dilate_basic_stage(stage: nn.Sequential, dilation: int = 2) -> None:
+    """Turn a stride-2 stage of BasicBlocks into a stride-1 stage with dilated 3x3 convs.
+
+    torchvision only dilates Bottleneck ResNets; this does what its
+    ``replace_stride_with_dilation`` does for them: the first conv keeps dilation 1 with
+    stride 1, every later 3x3 conv gets ``dilation`` (and the padding that keeps the size).
+    """
+    first = stage[0]
+    first.conv1.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    convs = [first.conv2] + [c for block in stage[1:] for c in (block.conv1, block.conv2)]
+    for conv in convs:
+        conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+
+
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without its classifier (``fc`` is an identity)."""
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
+        bottleneck = cfg.name == "resnet50"
         net = RESNETS[cfg.name](
             weights=None,
             zero_init_residual=cfg.zero_init_residual,
-            replace_stride_with_dilation=[False, False, cfg.dilate_last],
+            replace_stride_with_dilation=[False, False, cfg.dilate_last and bottleneck],
         )
+        if cfg.dilate_last and not bottleneck:
+            dilate_basic_stage(net.layer4)
         if cfg.cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

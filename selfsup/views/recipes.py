@@ -1,0 +1,128 @@
+"""View recipes: what each view of a method looks like, and the batched view generator.
+
+Randomness: every random parameter is drawn on the CPU from the ``torch.Generator`` passed in
+(cheap, deterministic, independent of the device), then moved to the images' device, where
+all pixel work happens batched over the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.views.boxes import flip_boxes, sample_boxes
+from selfsup.views.ops import (
+    blur_kernel_size,
+    color_jitter,
+    crop_resize,
+    gaussian_blur,
+    grayscale,
+    normalize,
+    solarize,
+)
+from selfsup.views.view import View
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+Stats = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's augmentation, torchvision-style parameters.
+
+    Random-resized crop (area fraction ``scale``, aspect ``ratio``) to ``size``, horizontal
+    flip, colour jitter (brightness, contrast, saturation, hue strengths) with probability
+    ``jitter_p``, grayscale, Gaussian blur (sigma in 224-pixel units, scaled by size / 224,
+    kernel about 10% of ``size``), solarize, then normalisation with ``mean``/``std``.
+    """
+
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    mean: Stats = IMAGENET_MEAN
+    std: Stats = IMAGENET_STD
+
+
+def simclr(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """SimCLR (Chen et al., 2020): two identical views, colour strength 1.0, blur p = 0.5."""
+    spec = ViewSpec(
+        size=size,
+        scale=scale,
+        jitter=(0.8, 0.8, 0.8, 0.2),
+        blur_p=0.5 if blur else 0.0,
+        mean=mean,
+        std=std,
+    )
+    return [spec, spec]
+
+
+def byol(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """BYOL (Grill et al., 2020): asymmetric views; blur 1.0 / 0.1, solarize 0 / 0.2."""
+    common = {"size": size, "scale": scale, "mean": mean, "std": std}
+    return [
+        ViewSpec(blur_p=1.0 if blur else 0.0, **common),
+        ViewSpec(blur_p=0.1 if blur else 0.0, solarize_p=0.2, **common),
+    ]
+
+
+RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {"simclr": simclr, "byol": byol}
+
+
+def _make_view(
+    images: torch.Tensor, sizes: torch.Tensor, spec: ViewSpec, generator: torch.Generator
+) -> View:
+    n = images.shape[0]
+    boxes = sample_boxes(sizes, spec.scale, spec.ratio, generator)
+    flipped = torch.rand(n, generator=generator) < spec.flip_p
+    boxes = flip_boxes(boxes, flipped)
+    x = crop_resize(images, boxes, sizes, spec.size)  # mirrored where flipped
+    x = color_jitter(x, spec.jitter, spec.jitter_p, generator)
+    x = grayscale(x, torch.rand(n, generator=generator) < spec.gray_p)
+    low, high = spec.blur_sigma
+    sigmas = (low + (high - low) * torch.rand(n, generator=generator)) * (spec.size / 224)
+    blurred = torch.rand(n, generator=generator) < spec.blur_p
+    x = gaussian_blur(x, sigmas, blurred, blur_kernel_size(spec.size))
+    x = solarize(x, torch.rand(n, generator=generator) < spec.solarize_p)
+    x = normalize(x, spec.mean, spec.std)
+    return View(x, boxes.to(images.device), flipped.to(images.device))
+
+
+def make_views(
+    images: torch.Tensor, sizes: torch.Tensor, specs: list[ViewSpec], generator: torch.Generator
+) -> list[View]:
+    """One ``View`` per spec of a batch.
+
+    images: uint8 (B, 3, H, W), every image resized to the loader's common H x W.
+    sizes: int64 (B, 2), each image's original (height, width): boxes are sampled there.
+    generator: a CPU ``torch.Generator``; the same seed gives the same views.
+    """
+    return [_make_view(images, sizes, spec, generator) for spec in specs]
+
+
+def eval_view(images: torch.Tensor, size: int, mean: Stats, std: Stats) -> torch.Tensor:
+    """The whole image resized to ``size`` x ``size``, normalised: float (B, 3, size, size).
+
+    One resize for the whole batch, bilinear with PIL-style antialiasing when shrinking.
+    images: uint8 (B, 3, H, W) or float in [0, 1].
+    """
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return normalize(x, mean, std)
