@@ -32,7 +32,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is reported the same way
+    except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
 
 
