@@ -1,0 +1,169 @@
+"""Turning a scanned folder split into pixels: decoded once into memory, or streamed.
+
+Two caches, both keyed by a fingerprint of the split (its absolute root and every file's
+relative path, byte size and modification time), make later opens cheap:
+- ``index/``: every file's header size and whether its header could be read;
+- ``decoded/``: for splits that fit the memory limit, the decoded uint8 tensor at the
+  load size (plus which files decoded), written with ``torch.save`` and read back with
+  ``torch.load(weights_only=True)``.
+A change to any file changes the fingerprint, so stale entries are never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from selfsup.data.decode import decode_many, read_sizes
+from selfsup.data.errors import DataError
+from selfsup.data.folder import FolderSplit
+from selfsup.data.parallel import map_chunks
+from selfsup.data.stores import FileStore, TensorStore, describe_files
+
+log = logging.getLogger("selfsup.data")
+CACHE_VERSION = 1
+DEFAULT_MIXED_SIZE = (256, 256)
+
+
+@dataclass
+class LoadedSplit:
+    """A split's pixels plus per-image data for the files that could be read."""
+
+    store: TensorStore | FileStore
+    sizes: torch.Tensor  # int64 (M, 2) original (H, W)
+    labels: torch.Tensor  # int64 (M,)
+    num_skipped: int
+
+
+def fingerprint(split: FolderSplit, paths: list[str]) -> str:
+    """A hex digest of the split's root and its files' relative paths, sizes and mtimes.
+
+    ``paths`` are the files' full paths, in the order of ``split.files``.
+    """
+    digest = hashlib.sha256(f"v{CACHE_VERSION}\0{split.root.resolve()}\n".encode())
+    for rel, path in zip(split.files, paths, strict=True):
+        st = os.stat(path)
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _load_cached(path: Path) -> dict | None:
+    """A cache entry, or None when absent or unreadable (a damaged entry is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # a truncated or foreign file is just a cache miss
+        return None
+
+
+def _save_cached(path: Path, entry: dict) -> None:
+    """Write a cache entry atomically (temporary file, then rename).
+
+    A cache that cannot be written (read-only, full) only costs speed: it is reported and
+    the data is used without being cached.
+    """
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(entry, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not write the cache entry %s: %s", path, e)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _header_index(split: FolderSplit, paths: list[str], fp: str, cache: Path) -> dict:
+    """Every file's header size and readability, from the cache or by reading headers."""
+    path = cache / "index" / f"{fp}.pt"
+    entry = _load_cached(path)
+    if entry is None:
+        sizes = torch.zeros((len(paths), 2), dtype=torch.int64)
+        ok = torch.zeros(len(paths), dtype=torch.bool)
+        for start, (s, k) in map_chunks(read_sizes, paths, f"reading {split.root}"):
+            sizes[start : start + len(k)] = s
+            ok[start : start + len(k)] = k
+        entry = {"sizes": sizes, "ok": ok}
+        _save_cached(path, entry)
+    return entry
+
+
+def choose_load_size(load_size: tuple[int, int] | None, sizes: torch.Tensor) -> tuple[int, int]:
+    """The requested load size, else the images' common size, else 256x256 for mixed sizes."""
+    if load_size is not None:
+        return load_size
+    if bool((sizes == sizes[0]).all()):
+        return int(sizes[0, 0]), int(sizes[0, 1])
+    return DEFAULT_MIXED_SIZE
+
+
+def _decode_all(split: FolderSplit, paths: list[str], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every file at ``size``: (images (N, 3, H, W), ok (N,))."""
+    images = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
+    ok = torch.zeros(len(paths), dtype=torch.bool)
+    decode = partial(decode_many, size=size)
+    for start, (imgs, _, k) in map_chunks(decode, paths, f"decoding {split.root}"):
+        images[start : start + len(k)] = imgs
+        ok[start : start + len(k)] = k
+    return images, ok
+
+
+def _require_some(keep: torch.Tensor, split: FolderSplit) -> None:
+    if not keep.any():
+        raise DataError(f"no readable images in {split.root} ({len(keep)} file(s) failed)")
+
+
+def load_split(
+    split: FolderSplit,
+    load_size: tuple[int, int] | None,
+    cache: Path,
+    memory_limit_bytes: float,
+    num_workers: int,
+) -> LoadedSplit:
+    """Read a split's headers, then decode it into memory if it fits, else stream it.
+
+    Unreadable files are skipped and reported in one warning line; a split with no
+    readable image raises DataError.
+    """
+    if not split.files:
+        raise DataError(f"no images found in {split.root}")
+    root = str(split.root)
+    paths = [os.path.join(root, rel) for rel in split.files]
+    fp = fingerprint(split, paths)
+    index = _header_index(split, paths, fp, cache)
+    keep = index["ok"].clone()
+    _require_some(keep, split)
+    size = choose_load_size(load_size, index["sizes"][keep])
+    if int(keep.sum()) * 3 * size[0] * size[1] <= memory_limit_bytes:
+        key = hashlib.sha256(f"{fp}\0{size[0]}x{size[1]}".encode()).hexdigest()
+        decoded_path = cache / "decoded" / f"{key}.pt"
+        entry = _load_cached(decoded_path)
+        if entry is None:
+            readable = [p for p, k in zip(paths, keep.tolist(), strict=True) if k]
+            images, decoded = _decode_all(split, readable, size)
+            keep[keep.clone()] = decoded
+            entry = {"images": images[decoded] if not decoded.all() else images, "keep": keep}
+            _save_cached(decoded_path, entry)
+        keep = entry["keep"]
+        store: TensorStore | FileStore = TensorStore(entry["images"])
+    else:
+        store = FileStore([p for p, k in zip(paths, keep.tolist(), strict=True) if k], size, num_workers)
+    _require_some(keep, split)
+    skipped = [rel for rel, k in zip(split.files, keep.tolist(), strict=True) if not k]
+    if skipped:
+        log.warning(
+            "skipped %d unreadable image file(s) in %s: %s",
+            len(skipped),
+            split.root,
+            describe_files(skipped),
+        )
+    labels = torch.tensor(split.labels, dtype=torch.int64)[keep]
+    return LoadedSplit(store, index["sizes"][keep], labels, len(skipped))
