@@ -88,3 +88,27 @@ def test_ddp_gradients_equal_single_process(method_name, tmp_path, cifar_images)
                 f"{method_name}: gradient of {k} differs under DDP (|diff| {diff:.3g}, |g| {g.norm():.3g})"
             )
 
+
+
+def test_torchrun_two_cpu_processes_train_and_checkpoint(cifar_subset, tmp_path):
+    """The same CLI command under torchrun (gloo): sharded batches, rank-0-only outputs."""
+    import subprocess
+    import sys
+
+    data = cifar_subset(10, 5)
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "selfsup.cli", "pretrain", "--method", "simclr",
+           "--data", str(data), "--config", str(root / "configs/cifar10/simclr.yaml"),
+           "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "run"),
+           "--set", "backbone.cifar_stem=false", "train.sync_bn=true", "train.progress=false",
+           "train.log_every=1", "optim.warmup_epochs=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = torch.load(tmp_path / "run/last.pt", weights_only=True)
+    # 100 images, global batch 32 over 2 ranks (16 each): 3 steps; one metrics line per step
+    assert state["step"] == 3 and state["epoch"] == 1
+    lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 + 1  # rank 0 only: 3 step records + 1 epoch record
+    assert proc.stderr.count("selfsup: simclr on 100 images") == 1

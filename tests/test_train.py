@@ -136,3 +136,10 @@ def test_methods_lists_simclr_and_byol(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "simclr" in out and "byol" in out
+
+
+def test_gradient_accumulation_steps_once_per_global_batch(small_cifar, tmp_path):
+    assert _pretrain("simclr", small_cifar, tmp_path, "train.accum_steps=2", "train.knn_every=0",
+                     epochs=1) == 0
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 3  # 100 images // 32 per optimiser step, each from 2 micro-batches of 16
