@@ -330,7 +330,7 @@ def test_make_views_is_deterministic():
 
 def _read_tar_images(archive: Path, prefix: str, count: int) -> list[Image.Image]:
     if not archive.exists():
-        pytest.skip(f"{archive} not available")
+        pytest.fail(f"{archive} not available (tests need ../shared/data)")
     images = []
     with tarfile.open(archive) as tar:
         for member in tar:
