@@ -44,7 +44,12 @@ class DataConfig:
 
 @dataclass
 class ViewsConfig:
-    """Augmented views. ``recipe`` empty means the method's own recipe."""
+    """Augmented views. ``recipe`` empty means the method's own recipe.
+
+    Multi-crop (SwAV, DINO): ``local_crops`` extra low-resolution views of ``local_size``
+    pixels with crop area in ``local_scale``, photometrically like the recipe's last view;
+    ``size`` and ``scale`` then describe the global views.
+    """
 
     recipe: str = ""
     size: int = 224
@@ -52,6 +57,9 @@ class ViewsConfig:
     blur: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    local_crops: int = 0
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.4)
 
 
 @dataclass

@@ -37,6 +37,8 @@ def test_pretrain_writes_checkpoint_metrics_knn_and_backbone(method, small_cifar
     steps = [r for r in records if "summary" not in r]
     assert len(steps) == 2 * 3  # 100 images // 32 = 3 steps per epoch
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    # collapse monitor on every logged step: std of normalised embeddings, effective rank
+    assert all(0 < r["z_std"] <= 1 and 1 <= r["z_eff_rank"] <= 32 for r in steps)
     assert all(0 < r["online_knn"] <= 1 for r in epochs)
     knn = json.loads((tmp_path / "knn.json").read_text())
     assert knn["train_images"] == 100 and knn["test_images"] == 50 and 0 <= knn["knn_top1"] <= 1
@@ -54,11 +56,11 @@ def _interrupt_at(monkeypatch, call: int) -> None:
     real_step = trainer_mod.Trainer.train_step
     calls = {"n": 0}
 
-    def interrupted(self, batches):
+    def interrupted(self, batches, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
             raise KeyboardInterrupt
-        return real_step(self, batches)
+        return real_step(self, batches, **kwargs)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupted)
 

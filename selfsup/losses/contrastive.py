@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -43,3 +45,36 @@ def nt_xent(
         float("-inf"),
     )
     return F.cross_entropy(logits, pos_idx)
+
+
+def info_nce(pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE (van den Oord et al., 2018; MoCo's loss) from similarities.
+
+        l_i = -log( exp(s_i+ / t) / (exp(s_i+ / t) + sum_j exp(s_ij- / t)) ),  averaged over i.
+
+    pos: (N,) similarity of each anchor to its positive (cosine for normalised embeddings).
+    neg: (N, M) similarities of each anchor to its M negatives (e.g. a MoCo queue).
+    """
+    logits = torch.cat([pos[:, None], neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device))
+
+
+def nce(
+    pos: torch.Tensor, neg: torch.Tensor, temperature: float, num_items: int, log_z: torch.Tensor | float
+) -> torch.Tensor:
+    """Binary noise-contrastive estimation (Gutmann & Hyvarinen, 2010) as used by InstDisc
+    (Wu et al., 2018) over ``num_items`` instance classes with uniform noise P_n = 1 / n.
+
+    With P(i | v) = exp(s_i / t) / Z and m noise samples per anchor, the posterior that a
+    sample came from the data is h = P / (P + m P_n) = sigmoid(log P - log(m / n)), and
+
+        L = -mean_i [ log h(pos_i) + sum_j log(1 - h(neg_ij)) ].
+
+    pos: (N,) similarity to the positive; neg: (N, m) similarities to the noise samples;
+    log_z: log of the normalising constant Z (InstDisc estimates it once, from the first
+    batch, as n * mean exp(s / t), and keeps it fixed).
+    """
+    shift = math.log(neg.shape[1] / num_items)
+    h_pos = F.logsigmoid(pos / temperature - log_z - shift)
+    h_neg = F.logsigmoid(-(neg / temperature - log_z - shift)).sum(dim=1)
+    return -(h_pos + h_neg).mean()

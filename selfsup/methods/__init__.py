@@ -1,6 +1,6 @@
 """All pre-training methods, by name (``selfsup methods`` prints this table)."""
 
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.byol import BYOL
 from selfsup.methods.simclr import SimCLR
 
@@ -10,12 +10,11 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-
-def build_method(cfg) -> Method:
+def build_method(cfg, run: RunInfo | None = None) -> Method:
     """The method named by ``cfg.method`` (a PretrainConfig) on a freshly built backbone."""
     from selfsup.models.backbones import build_backbone
 
-    return METHODS[cfg.method](build_backbone(cfg.backbone), cfg.params)
+    return METHODS[cfg.method](build_backbone(cfg.backbone), cfg.params, run or RunInfo())
 
 
-__all__ = ["METHODS", "Method", "StepOutput", "build_method"]
+__all__ = ["METHODS", "Method", "RunInfo", "StepOutput", "build_method"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,40 +15,79 @@ from selfsup.views.view import View
 
 @dataclass
 class StepOutput:
-    """A method's forward result: the loss to minimise and detached scalars to log."""
+    """A method's forward result.
+
+    loss: the scalar to minimise. logs: detached scalars to log.
+    embedding: (N, D) the representation the collapse monitor watches (typically the
+    projector output of the first view); the trainer logs its ``embedding_std`` and
+    ``effective_rank`` at every log step.
+    """
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor]
+    embedding: torch.Tensor | None = None
+
+
+@dataclass
+class RunInfo:
+    """Facts about the training run a method may need to build itself.
+
+    num_images: training-set size (memory banks and instance classifiers have one row per
+    image; ``View.index`` addresses them). steps_per_epoch / epochs: for epoch-based schedules.
+    """
+
+    num_images: int = 0
+    steps_per_epoch: int = 1
+    epochs: int = 1
 
 
 class Method(nn.Module):
     """Base class of pre-training methods.
 
     A method owns its backbone (``self.backbone``, the network evaluated and exported), its
-    heads and any momentum copies. The trainer calls, per step:
-    ``forward(views) -> StepOutput`` then, after the optimiser step, ``on_step(step, total)``
-    (EMA / momentum updates, schedules). ``recipe`` names the view recipe it trains on.
+    heads, any momentum copies and any queues or memory banks (as buffers, so they are
+    checkpointed). Every method is built as ``Method(backbone, cfg, run)``. The trainer calls,
+    per step: ``forward(views) -> StepOutput``; backward; ``after_backward(step)`` (gradient
+    surgery, e.g. frozen prototypes); the optimiser step; ``on_step(step, total)`` (EMA /
+    momentum updates, schedules). ``recipe`` names the view recipe it trains on; each view
+    carries ``index``, the dataset index of every sample.
     """
 
     Config: ClassVar[type]
     recipe: ClassVar[str] = "simclr"
     description: ClassVar[str] = ""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, run: RunInfo) -> None:
         super().__init__()
         self.backbone = backbone
+        self.run = run
 
     def forward(self, views: list[View]) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def after_backward(self, step: int) -> None:
+        """Called after the backward pass of step ``step`` (0-based), before the optimiser step."""
+
     def on_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts completed steps, from 1)."""
 
-    def encode(self, views: list[View]) -> list[torch.Tensor]:
-        """Pooled backbone features of every view, in one forward pass over all views."""
-        x = torch.cat([v.images for v in views])
-        _, pooled = self.backbone(x)
-        return list(pooled.chunk(len(views)))
+    def encode(self, views: list[View], backbone: nn.Module | None = None) -> list[torch.Tensor]:
+        """Pooled features of every view: one backbone pass per run of same-size views.
+
+        Views of one resolution (the two global crops; all local crops) share a batch, so
+        batch-norm statistics and the cost are those of the official multi-crop code.
+        """
+        net = backbone if backbone is not None else self.backbone
+        out: list[torch.Tensor] = []
+        start = 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].images.shape[-2:] == views[start].images.shape[-2:]:
+                end += 1
+            _, pooled = net(torch.cat([v.images for v in views[start:end]]))
+            out += list(pooled.chunk(end - start))
+            start = end
+        return out
 
 
 @torch.no_grad()
@@ -59,10 +99,20 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     return F.normalize(z.float(), dim=1).std(dim=0).mean()
 
 
+@torch.no_grad()
+def effective_rank(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor (Roy & Vetterli, 2007): exp of the entropy of the normalised singular
+    values of the centred embeddings. Between 1 (all variance in one direction) and
+    min(N, D) (isotropic); a dimensional collapse shows as a falling value.
+    """
+    z = z.float()
+    s = torch.linalg.svdvals(z - z.mean(dim=0))
+    p = s / s.sum().clamp_min(1e-12)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+
+
 def momentum_schedule(base: float, step: int, total_steps: int) -> float:
     """BYOL's cosine EMA schedule: m_k = 1 - (1 - m_0) * (cos(pi k / K) + 1) / 2."""
-    import math
-
     return 1 - (1 - base) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1) / 2
 
 

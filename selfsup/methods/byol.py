@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from selfsup.losses.regression import normalized_mse
-from selfsup.methods.base import Method, StepOutput, ema_update, embedding_std, momentum_schedule
+from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update, momentum_schedule
 from selfsup.views.view import View
 
 
@@ -38,10 +38,10 @@ class BYOL(Method):
     recipe = "byol"
     description = "BYOL: predict an EMA target network's projection of the other view"
 
-    def __init__(self, backbone: nn.Module, cfg: BYOLConfig) -> None:
+    def __init__(self, backbone: nn.Module, cfg: BYOLConfig, run: RunInfo) -> None:
         from selfsup.models.heads import mlp
 
-        super().__init__(backbone)
+        super().__init__(backbone, run)
         self.cfg = cfg
         self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
@@ -56,7 +56,7 @@ class BYOL(Method):
             x = torch.cat([v.images for v in views])
             t1, t2 = self.target_projector(self.target_backbone(x)[1]).chunk(2)
         loss = normalized_mse(p1, t2) + normalized_mse(p2, t1)
-        return StepOutput(loss, {"z_std": embedding_std(t1), "momentum": torch.tensor(self.momentum)})
+        return StepOutput(loss, {"momentum": torch.tensor(self.momentum)}, embedding=p1.detach())
 
     def on_step(self, step: int, total_steps: int) -> None:
         # the momentum is a pure function of the step, so a resumed run continues exactly

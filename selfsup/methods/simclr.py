@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from selfsup.losses.contrastive import nt_xent
-from selfsup.methods.base import Method, StepOutput, embedding_std
+from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.train.distributed import gather_with_grad, rank
 from selfsup.views.view import View
 
@@ -36,10 +36,10 @@ class SimCLR(Method):
     recipe = "simclr"
     description = "SimCLR: NT-Xent between two views, negatives from the global batch"
 
-    def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
+    def __init__(self, backbone: nn.Module, cfg: SimCLRConfig, run: RunInfo) -> None:
         from selfsup.models.heads import mlp
 
-        super().__init__(backbone)
+        super().__init__(backbone, run)
         self.cfg = cfg
         self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.proj_layers)
 
@@ -48,4 +48,4 @@ class SimCLR(Method):
         z1, z2 = self.projector(h1), self.projector(h2)
         z1_all, z2_all = gather_with_grad(z1), gather_with_grad(z2)
         loss = nt_xent(z1, z2, self.cfg.temperature, z1_all, z2_all, offset=rank() * z1.shape[0])
-        return StepOutput(loss, {"z_std": embedding_std(z1)})
+        return StepOutput(loss, {}, embedding=z1.detach())

@@ -8,6 +8,7 @@ method's ``on_step`` hook, logs, checkpoints every epoch and evaluates with kNN.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -27,12 +28,13 @@ from selfsup.config import ConfigError, PretrainConfig
 from selfsup.data import DatasetSplits, ImageDataset, open_dataset
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
-from selfsup.methods import Method, build_method
+from selfsup.methods import Method, RunInfo, build_method
+from selfsup.methods.base import effective_rank, embedding_std
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedule import warmup_cosine
-from selfsup.views.recipes import RECIPES, ViewSpec, make_views
+from selfsup.views.recipes import RECIPES, ViewSpec, local_views, make_views
 
 
 @dataclass
@@ -60,7 +62,8 @@ def view_specs(cfg: PretrainConfig, method_cls: type[Method]) -> list[ViewSpec]:
     if name not in RECIPES:
         raise ConfigError(f"unknown views.recipe {name!r}; available: {', '.join(RECIPES)}")
     v = cfg.views
-    return RECIPES[name](v.size, v.scale, v.blur, v.mean, v.std)
+    specs = RECIPES[name](v.size, v.scale, v.blur, v.mean, v.std)
+    return specs + local_views(specs[-1], v.local_crops, v.local_size, v.local_scale)
 
 
 def cap(dataset: ImageDataset, max_images: int, seed: int) -> ImageDataset:
@@ -126,7 +129,8 @@ class Trainer:
             )
         self.total_steps = t.epochs * self.steps_per_epoch
 
-        self.method = build_method(cfg).to(self.dist.device)
+        self.run = RunInfo(len(self.splits.train), self.steps_per_epoch, t.epochs)
+        self.method = build_method(cfg, self.run).to(self.dist.device)
         self.specs = view_specs(cfg, type(self.method))
         if t.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
@@ -142,6 +146,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
+            "run": dataclasses.asdict(self.run),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -172,8 +177,12 @@ class Trainer:
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
         return warmup_cosine(step, self.total_steps, warmup, o.lr, o.min_lr, o.warmup_start_factor)
 
-    def train_step(self, micro_batches: list) -> dict[str, torch.Tensor]:
-        """One optimiser step over ``accum_steps`` micro-batches."""
+    def train_step(self, micro_batches: list, monitor: bool = False) -> dict[str, torch.Tensor]:
+        """One optimiser step over ``accum_steps`` micro-batches.
+
+        ``monitor``: also log the collapse monitor (embedding std, effective rank) of the last
+        micro-batch's ``StepOutput.embedding``.
+        """
         lr = self.lr_at(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
@@ -182,8 +191,9 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             batch = batch.to(self.dist.device)
             views = make_views(batch.images, batch.sizes, self.specs, self.view_gen)
-            if self.cfg.train.channels_last:
-                for v in views:
+            for v in views:
+                v.index = batch.index
+                if self.cfg.train.channels_last:
                     v.images = v.images.contiguous(memory_format=torch.channels_last)
             sync = i == n - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
@@ -197,6 +207,10 @@ class Trainer:
             logs["loss"] = logs.get("loss", 0) + out.loss.detach() / n
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0) + v.detach().float() / n
+        if monitor and out.embedding is not None:
+            logs["z_std"] = embedding_std(out.embedding)
+            logs["z_eff_rank"] = effective_rank(out.embedding)
+        self.method.after_backward(self.step)
         if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
@@ -228,10 +242,11 @@ class Trainer:
             pending.append(batch)
             if len(pending) < t.accum_steps:
                 continue
-            logs = self.train_step(pending)
+            log_now = (done + 1) % t.log_every == 0 or done + 1 == self.steps_per_epoch
+            logs = self.train_step(pending, monitor=log_now)
             pending = []
             done += 1
-            if done % t.log_every == 0 or done == self.steps_per_epoch:
+            if log_now:
                 values = {k: float(v) for k, v in logs.items()}  # one host sync per log interval
                 if not math.isfinite(values["loss"]):
                     raise FloatingPointError(f"loss is {values['loss']} at step {self.step}")

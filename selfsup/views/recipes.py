@@ -8,7 +8,7 @@ all pixel work happens batched over the whole batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,14 @@ def byol(
 
 
 RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {"simclr": simclr, "byol": byol}
+
+
+def local_views(
+    like: ViewSpec, count: int, size: int, scale: tuple[float, float]
+) -> list[ViewSpec]:
+    """Multi-crop (Caron et al., SwAV 2020): ``count`` small views of ``size`` pixels with crop
+    area in ``scale``, otherwise augmented like ``like`` (blur sigma scales with the size)."""
+    return [replace(like, size=size, scale=scale)] * count
 
 
 def _make_view(

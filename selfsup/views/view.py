@@ -16,8 +16,11 @@ class View:
         x0 = left / (W - 1), x1 = (left + w - 1) / (W - 1) (same for y with H); a horizontal
         flip swaps x0 and x1, so x1 < x0 marks a mirrored view.
     flipped: bool (B,), True where the view was mirrored.
+    index: int64 (B,), the dataset index of every sample (set by the trainer; memory banks
+        and instance classifiers use it), or None.
     """
 
     images: torch.Tensor
     boxes: torch.Tensor
     flipped: torch.Tensor
+    index: torch.Tensor | None = None
