@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -45,7 +46,10 @@ def map_chunks(fn: Callable[[list[str]], T], paths: list[str], desc: str) -> Ite
     """
     workers = min(cpu_count(), 16) if len(paths) >= PARALLEL_MIN_FILES else 0
     chunk = CHUNK_FILES
-    loader = DataLoader(_Chunks(fn, paths, chunk), batch_size=None, num_workers=workers)
+    # a private generator: the loader's worker seed must not consume the global RNG, or a run
+    # on a cold cache would start from different initial weights than the same run later
+    loader = DataLoader(_Chunks(fn, paths, chunk), batch_size=None, num_workers=workers,
+                        generator=torch.Generator())
     with tqdm(
         total=len(paths),
         desc=desc,

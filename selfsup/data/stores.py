@@ -83,6 +83,7 @@ class FileStore:
             sampler=sampler,
             batch_size=None,
             num_workers=self.num_workers,
+            generator=torch.Generator(),  # keep the global RNG untouched (reproducible runs)
         )
         failed: list[str] = []
         try:
