@@ -1,4 +1,4 @@
-"""The ``selfsup`` command: pretrain, eval (knn, linear), export, methods."""
+"""The ``selfsup`` command: pretrain, eval (knn, linear), export, methods, views preview."""
 
 from __future__ import annotations
 
@@ -52,14 +52,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace) -> torch.device:
+    return torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _load_features(args: argparse.Namespace):
     from selfsup.eval.features import extract_features
     from selfsup.runs import load_run
     from selfsup.train.trainer import cap
 
     cfg, method = load_run(args.checkpoint, random_init=args.random_init)
-    device = torch.device(args.device if args.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args)
     splits = open_dataset(args.data, load_size=cfg.data.load_size)
     if splits.test is None:
         raise DataError(f"{args.data}: evaluation needs a held-out split (a test/ or val/ folder)")
@@ -74,7 +77,7 @@ def _load_features(args: argparse.Namespace):
     return feats, len(splits.train.classes)
 
 
-def _write_result(args: argparse.Namespace, kind: str, result: dict[str, Any]) -> None:
+def _write_result(args: argparse.Namespace, kind: str, result: dict[str, Any]) -> Path:
     from selfsup.runs import checkpoint_file
 
     suffix = "_random_init" if args.random_init else ""
@@ -83,6 +86,7 @@ def _write_result(args: argparse.Namespace, kind: str, result: dict[str, Any]) -
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     print(f"written to {out}", file=sys.stderr)
+    return out
 
 
 def _eval_knn(args: argparse.Namespace) -> int:
@@ -112,6 +116,29 @@ def _eval_linear(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_dense(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from selfsup.eval.dense import DenseConfig, dense_eval, save_figure
+
+    cfg = DenseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DenseConfig)})
+    out = dense_eval(args.checkpoint, args.data, cfg, random_init=args.random_init)
+    figure = save_figure(out.figure, _write_result(args, "dense", out.result).with_suffix(".png"))
+    print(f"figure written to {figure}", file=sys.stderr)
+    return 0
+
+
+def _eval_align(args: argparse.Namespace) -> int:
+    from selfsup.eval.alignment import evaluate_run
+
+    max_images = args.max_test if args.split == "test" else args.max_train
+    _write_result(args, "align", evaluate_run(
+        args.checkpoint, args.data, args.split, max_images, args.size, args.batch_size, _device(args), args.seed,
+        args.random_init,
+    ))
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from selfsup.export import export_backbone
 
@@ -126,6 +153,14 @@ def _methods(_: argparse.Namespace) -> int:
     width = max(map(len, METHODS))
     for name, cls in METHODS.items():
         print(f"{name:<{width}}  {cls.description}")
+    return 0
+
+
+def _views_preview(args: argparse.Namespace) -> int:
+    from selfsup.views.preview import write_preview
+
+    out = write_preview(args.crop, args.out, args.checkpoint, args.data, args.n, args.crops, args.seed, args.device)
+    print(f"preview written to {out}")
     return 0
 
 
@@ -172,6 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--probe-batch-size", type=int, default=256)
     p.set_defaults(func=_eval_linear)
+    p = _eval_parser(ev, "align", "alignment (augmented view pairs) and uniformity of the features (Wang & Isola)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="images to measure on")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random views")
+    p.set_defaults(func=_eval_align)
+    p = ev.add_parser("dense", help="per-pixel linear probe (mIoU) on a segmentation dataset, optional fine-tuning")
+    p.add_argument("--checkpoint", required=True, help="a run folder or its last.pt")
+    p.add_argument("--data", required=True, help="folder / archive with <split>/ images and <split>annot/ labels")
+    p.add_argument("--out", help="result JSON (default: dense.json next to the checkpoint); the PNG goes beside it")
+    p.add_argument("--random-init", action="store_true", help="same architecture, random weights (baseline)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="load size of images and labels")
+    size.add_argument("--scale", type=float, default=1.0, help="load size as a fraction of the images' size")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val", help="evaluation split (never train a probe on it)")
+    p.add_argument("--val-data", help="folder / archive holding the evaluation split (default: --data)")
+    p.add_argument("--label-dir", default="{split}annot", help="label folder name pattern")
+    p.add_argument("--classes", help="label set name (camvid) or a file of class names (default: auto)")
+    p.add_argument("--ignore-index", type=int, help="label value left out (default: CamVid 11, else 255)")
+    p.add_argument("--max-train", type=int, default=0, help="use a random subset of the train split")
+    p.add_argument("--max-val", type=int, default=0, help="use a random subset of the val split")
+    p.add_argument("--epochs", type=int, default=20, help="probe epochs (unless --steps)")
+    p.add_argument("--steps", type=int, default=0, help="probe optimiser steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=8, help="images per probe / fine-tuning step")
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--finetune-steps", type=int, default=0, help="then fine-tune the whole network N steps")
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--finetune-weight-decay", type=float, default=1e-4)
+    p.add_argument("--finetune-scale", type=float, nargs=2, default=(0.5, 1.0), metavar=("MIN", "MAX"))
+    p.add_argument("--feature-memory-gb", type=float, default=4.0, help="keep frozen features if they fit")
+    p.add_argument("--figure-images", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_eval_dense)
 
     p = sub.add_parser("export", help="write the backbone's weights for torchvision / timm")
     p.add_argument("--checkpoint", required=True, help="a run folder or its last.pt")
@@ -180,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the available methods")
     p.set_defaults(func=_methods)
+
+    vw = sub.add_parser("views", help="look at the views").add_subparsers(dest="views_kind", required=True)
+    p = vw.add_parser("preview", help="PNG of training images with sampled crops (and ContrastiveCrop boxes)")
+    p.add_argument("--crop", choices=["random", "contrastive", "fixed-center"], default="contrastive")
+    p.add_argument("--checkpoint", help="a run folder or its last.pt (needed for --crop contrastive)")
+    p.add_argument("--data", help="images to draw (default: the run's training data)")
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--crops", type=int, default=4, help="sampled crops drawn per image")
+    p.add_argument("--out", default="views_preview.png", help="output PNG")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where boxes are localised when the run has none stored")
+    p.set_defaults(func=_views_preview)
     return parser
 
 

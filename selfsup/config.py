@@ -32,6 +32,8 @@ class DataConfig:
     """Where the images come from (see ``selfsup.data.open_dataset``).
 
     max_images / max_test_images: use a fixed random subset of that many images (0 = all).
+    sliding_window: [size, stride] in images: PIC's sliding-window order instead of a fresh
+    shuffle per epoch (``selfsup.data.order.sliding_window_order``); null: epoch order.
     """
 
     path: str = ""
@@ -40,6 +42,7 @@ class DataConfig:
     load_size: int | None = None
     memory_limit_gb: float = 8.0
     num_workers: int = 4
+    sliding_window: tuple[int, int] | None = None
 
 
 @dataclass
@@ -49,6 +52,13 @@ class ViewsConfig:
     Multi-crop (SwAV, DINO): ``local_crops`` extra low-resolution views of ``local_size``
     pixels with crop area in ``local_scale``, photometrically like the recipe's last view;
     ``size`` and ``scale`` then describe the global views.
+
+    Crop sampler (``selfsup.views.contrastive_crop``), for every view of any method:
+    ``crop`` is ``random`` (random-resized crop), ``contrastive`` (ContrastiveCrop: crops
+    placed around a per-image object box with Beta(``crop_alpha``, ``crop_alpha``) offsets;
+    boxes from the encoder's heat map thresholded at ``crop_threshold``, plain random crops
+    for ``crop_warmup_epochs`` epochs, boxes recomputed every ``crop_interval`` epochs) or
+    ``fixed-center`` (the centred crop of area fraction max(scale), no randomness).
     """
 
     recipe: str = ""
@@ -60,6 +70,11 @@ class ViewsConfig:
     local_crops: int = 0
     local_size: int = 96
     local_scale: tuple[float, float] = (0.05, 0.4)
+    crop: str = "random"
+    crop_alpha: float = 0.6
+    crop_threshold: float = 0.1
+    crop_warmup_epochs: int = 100
+    crop_interval: int = 100
 
 
 @dataclass
@@ -132,6 +147,7 @@ SECTIONS = ("backbone", "data", "views", "optim", "train")
 ALLOWED_CHOICES = {
     ("optim", "name"): ("sgd", "lars", "adamw"),
     ("train", "amp"): ("auto", "bf16", "fp16", "off"),
+    ("views", "crop"): ("random", "contrastive", "fixed-center"),
 }
 
 
@@ -282,8 +298,19 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by train.accum_steps {t.accum_steps}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.data.sliding_window is not None and not 0 < cfg.data.sliding_window[1] <= cfg.data.sliding_window[0]:
+        raise ConfigError(f"data.sliding_window must be [size, stride] with 0 < stride <= size, "
+                          f"got {list(cfg.data.sliding_window)}")
     if cfg.views.size < 8:
         raise ConfigError(f"views.size must be >= 8 pixels, got {cfg.views.size}")
     lo, hi = cfg.views.scale
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"views.scale must satisfy 0 < min <= max <= 1, got {list(cfg.views.scale)}")
+    v = cfg.views
+    if v.crop_alpha <= 0:
+        raise ConfigError(f"views.crop_alpha must be > 0, got {v.crop_alpha}")
+    if not 0 <= v.crop_threshold < 1:
+        raise ConfigError(f"views.crop_threshold must be in [0, 1), got {v.crop_threshold}")
+    if v.crop_warmup_epochs < 0 or v.crop_interval < 1:
+        raise ConfigError(f"views.crop_warmup_epochs must be >= 0 and views.crop_interval >= 1, "
+                          f"got {v.crop_warmup_epochs} and {v.crop_interval}")

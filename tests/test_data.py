@@ -571,3 +571,16 @@ def test_subset_reindexes(hundred: ImageDataset) -> None:
     assert torch.equal(sub.labels, hundred.labels[picked])
     mask = hundred.labels == 3
     assert torch.equal(hundred.subset(mask).labels, torch.full((10,), 3))
+
+
+def test_loading_leaves_the_global_rng_untouched(cifar_subset, tmp_path: Path) -> None:
+    """A cold-cache decode must not shift the global RNG (else a run's initial weights would
+    depend on whether its dataset was cached before)."""
+    root = tmp_path / "fresh"
+    copy_images(cifar_subset(5, 0) / "train" / "cat", root, 5)
+    torch.manual_seed(0)
+    ds = open_dataset(root).train
+    everything(ds)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))

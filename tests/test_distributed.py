@@ -5,13 +5,13 @@ the cross-rank terms of contrastive losses, and per-rank batch norm changes the 
 """
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_helpers import free_port, join_gloo
 
 from selfsup.config import build_config
 from selfsup.methods import build_method
@@ -20,12 +20,6 @@ from selfsup.views.view import View
 
 WORLD = 2
 PER_RANK = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(method: str):
@@ -45,9 +39,7 @@ def _grads(method: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, method_name: str, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
+    join_gloo(rank, WORLD, port)
     data = torch.load(Path(folder) / "inputs.pt", weights_only=True)
     method = build_method(_config(method_name))
     method.load_state_dict(data["state"])
@@ -73,7 +65,7 @@ def test_ddp_gradients_equal_single_process(method_name, tmp_path, cifar_images)
     out.loss.backward()
     reference = _grads(method)
 
-    mp.start_processes(_worker, args=(_free_port(), method_name, str(tmp_path)), nprocs=WORLD,
+    mp.start_processes(_worker, args=(free_port(), method_name, str(tmp_path)), nprocs=WORLD,
                        start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert torch.allclose(torch.stack([r["loss"] for r in ranks]).mean(), out.loss, rtol=1e-4)
@@ -98,7 +90,7 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(cifar_subset, tmp_path)
     data = cifar_subset(10, 5)
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), "-m", "selfsup.cli", "pretrain", "--method", "simclr",
+           "--master_port", str(free_port()), "-m", "selfsup.cli", "pretrain", "--method", "simclr",
            "--data", str(data), "--config", str(root / "configs/cifar10/simclr.yaml"),
            "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "run"),
            "--set", "backbone.cifar_stem=false", "train.sync_bn=true", "train.progress=false",

@@ -349,7 +349,7 @@ def test_views_on_real_cifar_images():
     for name in RECIPES:
         specs = RECIPES[name](32, (0.2, 1.0), True, CIFAR10_MEAN, CIFAR10_STD)
         views = make_views(images, sizes, specs, _gen())
-        assert len(views) == 2
+        assert len(views) == len(specs) >= 1
         for view in views:
             assert view.images.shape == (16, 3, 32, 32) and view.images.dtype == torch.float32
             assert torch.isfinite(view.images).all()

@@ -99,11 +99,13 @@ class ImageDataset:
         world_size: int = 1,
         drop_last: bool = True,
         start_batch: int = 0,
+        window: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
         """This rank's batches of one epoch, from global batch ``start_batch`` on.
 
         The order is the contract in ``selfsup.data.order``: global batch b is
-        ``perm[b*W*B:(b+1)*W*B]`` and rank r gets the r-th slice of B. Arguments are checked
+        ``perm[b*W*B:(b+1)*W*B]`` and rank r gets the r-th slice of B; ``window`` (size,
+        stride) draws ``perm`` from PIC's sliding-window scheduler. Arguments are checked
         here, before iteration starts (DataError when the global batch exceeds the dataset
         with ``drop_last``).
         """
@@ -117,6 +119,7 @@ class ImageDataset:
             world_size=world_size,
             drop_last=drop_last,
             start_batch=start_batch,
+            window=window,
         )
         return self._iterate(index_batches)
 

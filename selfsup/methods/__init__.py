@@ -1,12 +1,43 @@
 """All pre-training methods, by name (``selfsup methods`` prints this table)."""
 
+from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.byol import BYOL
+from selfsup.methods.dino import DINO
+from selfsup.methods.exemplar import Exemplar
+from selfsup.methods.instdisc import InstDisc
+from selfsup.methods.invaspread import InvaSpread
+from selfsup.methods.moco import MoCo, MoCoV2
+from selfsup.methods.mocov3 import MoCoV3
+from selfsup.methods.pic import PIC
+from selfsup.methods.pixcontrast import PixContrast
+from selfsup.methods.pixpro import PixPro
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simsiam import SimSiam
+from selfsup.methods.swav import SwAV
+from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
+    # instance discrimination with negatives
+    "instdisc": InstDisc,
+    "exemplar": Exemplar,
+    "invaspread": InvaSpread,
+    "pic": PIC,
     "simclr": SimCLR,
+    "mocov1": MoCo,
+    "mocov2": MoCoV2,
+    "mocov3": MoCoV3,
+    # without negatives
     "byol": BYOL,
+    "simsiam": SimSiam,
+    "barlow": BarlowTwins,
+    "vicreg": VICReg,
+    # clustering and self-distillation (multi-crop)
+    "swav": SwAV,
+    "dino": DINO,
+    # pixel level
+    "pixcontrast": PixContrast,
+    "pixpro": PixPro,
 }
 
 

@@ -71,6 +71,13 @@ class Method(nn.Module):
     def on_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts completed steps, from 1)."""
 
+    def optimizer_groups(self) -> list[dict]:
+        """Parameters that need their own optimiser options, as ``{"params": ..., option: value}``
+        dicts; the rest form the default groups. Options are optimiser group keys, plus
+        ``fixed_lr: True`` (the trainer's schedule skips the group: its lr stays at
+        ``optim.lr``). Weight decay and LARS still skip 1-D parameters in every group."""
+        return []
+
     def encode(self, views: list[View], backbone: nn.Module | None = None) -> list[torch.Tensor]:
         """Pooled features of every view: one backbone pass per run of same-size views.
 

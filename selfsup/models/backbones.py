@@ -72,14 +72,24 @@ class ResNetBackbone(nn.Module):
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
             net.maxpool = nn.Identity()
         self.out_dim: int = net.fc.in_features
+        self.stage_dims: list[int] = [c * net.layer1[0].expansion for c in (64, 128, 256, 512)]
         net.fc = nn.Identity()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs C2..C5 of the four residual stages (channels ``stage_dims``; strides 4, 8,
+        16, 32 with the standard stem, C5 at 16 when ``dilate_last``), e.g. for an FPN neck."""
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        return x, torch.flatten(n.avgpool(x), 1)
+        out = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            x = layer(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stages(x)[-1]
+        return x, torch.flatten(self.net.avgpool(x), 1)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights named as in ``torchvision.models.resnetXX()`` (without ``fc``)."""

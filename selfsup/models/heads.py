@@ -25,3 +25,16 @@ def mlp(
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+def conv_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """A per-pixel projector (PixPro, Xie et al., 2021): 1x1 conv (bias) -> BatchNorm2d -> ReLU
+    -> 1x1 conv (bias), no output BN. ``conv_mlp(2048, 4096, 256)`` is PixPro's on ResNet-50 C5;
+    it is ``mlp`` applied to every cell of a (B, C, h, w) map, BN statistics over all cells.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_dim, hidden_dim, 1),
+        nn.BatchNorm2d(hidden_dim),
+        nn.ReLU(True),
+        nn.Conv2d(hidden_dim, out_dim, 1),
+    )

@@ -8,16 +8,29 @@ from torch import nn
 from selfsup.config import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and 1-D parameters (norms, biases: neither)."""
+def _decay_split(params, weight_decay: float, **options) -> list[dict]:
+    """Weights (decayed, LARS-adapted) and 1-D parameters (norms, biases: neither)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False},
+        {"params": decay, "weight_decay": weight_decay, "lars": True, **options},
+        {"params": no_decay, "weight_decay": 0.0, "lars": False, **options},
     ]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and 1-D parameters (norms, biases: neither);
+    plus such a pair for every set of parameters the model declares with its own options in
+    ``model.optimizer_groups()`` (see ``Method.optimizer_groups``)."""
+    special = model.optimizer_groups() if hasattr(model, "optimizer_groups") else []
+    special = [{**g, "params": list(g["params"])} for g in special]
+    claimed = {id(p) for g in special for p in g["params"]}
+    groups = _decay_split([p for p in model.parameters() if id(p) not in claimed], weight_decay)
+    for g in special:
+        groups += _decay_split(g.pop("params"), weight_decay, **g)
+    return groups
 
 
 class LARS(torch.optim.Optimizer):

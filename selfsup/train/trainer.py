@@ -34,6 +34,7 @@ from selfsup.train import checkpoint as ckpt
 from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedule import warmup_cosine
+from selfsup.views.contrastive_crop import CropSampler, build_crop
 from selfsup.views.recipes import RECIPES, ViewSpec, local_views, make_views
 
 
@@ -139,6 +140,7 @@ class Trainer:
         self.precision = choose_precision(t.amp, self.dist.device)
         self.scaler = torch.amp.GradScaler(enabled=self.precision.scaler)
         self.view_gen = torch.Generator().manual_seed(t.seed * 1000 + self.dist.rank)
+        self.crop = build_crop(cfg.views, len(self.splits.train), t.eval_batch_size)
         self.epoch = 0
         self.step = 0
 
@@ -153,6 +155,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "rng": ckpt.rng_state(self.view_gen),
+            "crop": {} if self.crop is None else self.crop.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -161,6 +164,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         ckpt.set_rng_state(state["rng"], self.view_gen)
+        if self.crop is not None and state.get("crop"):
+            self.crop.load_state_dict(state["crop"])
 
     @property
     def checkpoint_path(self) -> Path:
@@ -172,6 +177,10 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     # ---------------------------------------------------------------- loop
+    def epoch_crop(self) -> CropSampler | None:
+        """The crop sampler of the running epoch (``views.crop``); None: random-resized crops."""
+        return None if self.crop is None else self.crop.for_epoch(self.epoch + 1)
+
     def lr_at(self, step: int) -> float:
         o = self.cfg.optim
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
@@ -185,12 +194,13 @@ class Trainer:
         """
         lr = self.lr_at(self.step)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            if not g.get("fixed_lr", False):  # a method's constant-lr group keeps optim.lr
+                g["lr"] = lr
         logs: dict[str, torch.Tensor] = {}
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
             batch = batch.to(self.dist.device)
-            views = make_views(batch.images, batch.sizes, self.specs, self.view_gen)
+            views = make_views(batch.images, batch.sizes, self.specs, self.view_gen, self.epoch_crop(), batch.index)
             for v in views:
                 v.index = batch.index
                 if self.cfg.train.channels_last:
@@ -227,6 +237,7 @@ class Trainer:
         batches = self.splits.train.batches(
             self.micro_batch, shuffle=True, seed=t.seed, epoch=self.epoch,
             rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
+            window=self.cfg.data.sliding_window,
         )
         bar = tqdm(
             total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", file=sys.stderr,
@@ -290,6 +301,8 @@ class Trainer:
         while self.epoch < t.epochs:
             summary = self.train_epoch()
             self.epoch += 1
+            if self.crop is not None and self.crop.due(self.epoch, t.epochs):  # before the checkpoint
+                self.crop.update(self.method.backbone, self.splits.train, self.dist.device)
             record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "summary": summary}
             if self.dist.is_main and t.knn_every > 0 and (
                 self.epoch % t.knn_every == 0 or self.epoch == t.epochs

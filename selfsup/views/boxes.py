@@ -30,28 +30,44 @@ def sample_pixel_boxes(
     Returns int64 (B, 4) as (left, top, width, height) in original pixels, on the CPU.
     """
     sizes = sizes.to("cpu", torch.float64)
-    n = sizes.shape[0]
+    uniform = torch.rand(4, sizes.shape[0], tries, generator=generator, dtype=torch.float64)
+    h, w, first, ok = crop_sizes(sizes, scale, ratio, uniform[:2])
+    top = torch.floor(uniform[2].gather(1, first).squeeze(1) * (sizes[:, 0] - h + 1))
+    left = torch.floor(uniform[3].gather(1, first).squeeze(1) * (sizes[:, 1] - w + 1))
+    boxes = torch.stack((left, top, w, h), dim=1)
+    return torch.where(ok[:, None], boxes, centre_boxes(sizes, ratio)).to(torch.int64)
+
+
+def crop_sizes(
+    sizes: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    uniform: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Inception crop's size search over ``tries`` candidates drawn by the caller.
+
+    sizes: float64 (B, 2) original (height, width). uniform: float64 (2, B, tries) U[0, 1)
+    draws for the area fraction and the log-aspect of every candidate. Returns the first
+    valid candidate's height and width (float64 (B,), whole pixels), its position ``first``
+    (int64 (B, 1)) and ``ok`` (bool (B,)), False where no candidate fits (the caller falls
+    back to ``centre_boxes`` there).
+    """
     height, width = sizes[:, 0:1], sizes[:, 1:2]
-    area = height * width
-    uniform = torch.rand(4, n, tries, generator=generator, dtype=torch.float64)
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    target = area * (scale[0] + (scale[1] - scale[0]) * uniform[0])
+    target = height * width * (scale[0] + (scale[1] - scale[0]) * uniform[0])
     aspect = torch.exp(lo + (hi - lo) * uniform[1])
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
-    ok = valid.any(dim=1)
-    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    top = torch.floor(uniform[2].gather(1, first).squeeze(1) * (sizes[:, 0] - h + 1))
-    left = torch.floor(uniform[3].gather(1, first).squeeze(1) * (sizes[:, 1] - w + 1))
-    fallback = _centre_boxes(sizes, ratio)
-    boxes = torch.stack((left, top, w, h), dim=1)
-    return torch.where(ok[:, None], boxes, fallback).to(torch.int64)
+    return h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1), first, valid.any(dim=1)
 
 
-def _centre_boxes(sizes: torch.Tensor, ratio: tuple[float, float]) -> torch.Tensor:
-    """torchvision's fallback: the whole image, cropped centrally to the nearest allowed ratio."""
+def centre_boxes(sizes: torch.Tensor, ratio: tuple[float, float]) -> torch.Tensor:
+    """torchvision's fallback: the whole image, cropped centrally to the nearest allowed ratio.
+
+    sizes: float64 (B, 2) (height, width); returns float64 (B, 4) (left, top, width, height).
+    """
     height, width = sizes[:, 0], sizes[:, 1]
     in_ratio = width / height
     lo, hi = min(ratio), max(ratio)

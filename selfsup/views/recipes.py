@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from selfsup.views.boxes import flip_boxes, sample_boxes
+from selfsup.views.boxes import flip_boxes, normalize_boxes, sample_boxes
 from selfsup.views.ops import (
     blur_kernel_size,
     color_jitter,
@@ -24,6 +25,9 @@ from selfsup.views.ops import (
     solarize,
 )
 from selfsup.views.view import View
+
+if TYPE_CHECKING:
+    from selfsup.views.contrastive_crop import CropSampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,7 +87,31 @@ def byol(
     ]
 
 
-RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {"simclr": simclr, "byol": byol}
+def instdisc(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """InstDisc (Wu et al., 2018): ONE view; jitter 0.4 on all four properties, always applied,
+    grayscale p = 0.2, no blur (``blur`` is ignored: the official recipe has none)."""
+    return [ViewSpec(size=size, scale=scale, jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, mean=mean, std=std)]
+
+
+def invaspread(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """Invariant and Spreading (Ye et al., 2019): two views augmented like InstDisc's one."""
+    return instdisc(size, scale, blur, mean, std) * 2
+
+
+def pic(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """PIC (Cao et al., 2020): ONE view per image per step, augmented like SimCLR's."""
+    return simclr(size, scale, blur, mean, std)[:1]
+
+
+RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
+    "simclr": simclr, "byol": byol, "instdisc": instdisc, "invaspread": invaspread, "pic": pic,
+}
 
 
 def local_views(
@@ -95,10 +123,18 @@ def local_views(
 
 
 def _make_view(
-    images: torch.Tensor, sizes: torch.Tensor, spec: ViewSpec, generator: torch.Generator
+    images: torch.Tensor,
+    sizes: torch.Tensor,
+    spec: ViewSpec,
+    generator: torch.Generator,
+    crop: CropSampler | None = None,
+    index: torch.Tensor | None = None,
 ) -> View:
     n = images.shape[0]
-    boxes = sample_boxes(sizes, spec.scale, spec.ratio, generator)
+    if crop is None:
+        boxes = sample_boxes(sizes, spec.scale, spec.ratio, generator)
+    else:
+        boxes = normalize_boxes(crop.sample(sizes, spec.scale, spec.ratio, generator, index), sizes.cpu())
     flipped = torch.rand(n, generator=generator) < spec.flip_p
     boxes = flip_boxes(boxes, flipped)
     x = crop_resize(images, boxes, sizes, spec.size)  # mirrored where flipped
@@ -114,15 +150,23 @@ def _make_view(
 
 
 def make_views(
-    images: torch.Tensor, sizes: torch.Tensor, specs: list[ViewSpec], generator: torch.Generator
+    images: torch.Tensor,
+    sizes: torch.Tensor,
+    specs: list[ViewSpec],
+    generator: torch.Generator,
+    crop: CropSampler | None = None,
+    index: torch.Tensor | None = None,
 ) -> list[View]:
     """One ``View`` per spec of a batch.
 
     images: uint8 (B, 3, H, W), every image resized to the loader's common H x W.
     sizes: int64 (B, 2), each image's original (height, width): boxes are sampled there.
     generator: a CPU ``torch.Generator``; the same seed gives the same views.
+    crop: where crop boxes come from: None for the random-resized crop, else a per-image
+        sampler (``selfsup.views.contrastive_crop``: ContrastiveCrop, fixed centre crop)
+        that sees ``index``, the dataset index (B,) of every image.
     """
-    return [_make_view(images, sizes, spec, generator) for spec in specs]
+    return [_make_view(images, sizes, spec, generator, crop, index) for spec in specs]
 
 
 def eval_view(images: torch.Tensor, size: int, mean: Stats, std: Stats) -> torch.Tensor:

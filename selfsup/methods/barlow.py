@@ -1,0 +1,62 @@
+"""Barlow Twins (Zbontar, Jing, Misra, LeCun, Deny: "Barlow Twins: Self-Supervised Learning
+via Redundancy Reduction", ICML 2021).
+
+- Views: two views per image with BYOL's asymmetric recipe (blur 1.0 / 0.1, solarize 0 / 0.2).
+- Networks: ONE encoder: backbone + projector MLP(C -> 8192 -> 8192 -> 8192) with BN + ReLU
+  between layers (2048 -> 2048 -> 2048 in the CIFAR preset, as solo-learn's CIFAR recipe).
+- Loss: every projection dimension is standardised over the GLOBAL batch, C is the
+  cross-correlation matrix of the two views' standardised projections and
+      L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2,   lambda = 0.0051
+  (``selfsup.losses.redundancy.barlow_twins_loss``), times ``scale_loss`` (1 in the paper,
+  0.1 in solo-learn's CIFAR recipe). Under DDP the projections are gathered with gradient
+  and every rank computes the global loss, so gradients equal the single-process ones
+  (the official code all-reduces C and uses SyncBN for the standardisation: the same).
+- Differences from the official code: the projector's last linear layer has a bias (it
+  cancels in the standardisation); both views go through the backbone in one batch (BN
+  over both views).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from selfsup.config import ConfigError
+from selfsup.losses.redundancy import barlow_twins_loss
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.train.distributed import gather_with_grad
+from selfsup.views.view import View
+
+
+@dataclass
+class BarlowTwinsConfig:
+    proj_hidden: int = 8192
+    proj_dim: int = 8192
+    lambd: float = 0.0051
+    scale_loss: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lambd < 0:
+            raise ConfigError(f"barlow.lambd must be >= 0, got {self.lambd}")
+        if self.scale_loss <= 0:
+            raise ConfigError(f"barlow.scale_loss must be > 0, got {self.scale_loss}")
+
+
+class BarlowTwins(Method):
+    Config = BarlowTwinsConfig
+    recipe = "byol"
+    description = "Barlow Twins: push the cross-correlation of two views' embeddings to the identity"
+
+    def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig, run: RunInfo) -> None:
+        from selfsup.models.heads import mlp
+
+        super().__init__(backbone, run)
+        self.cfg = cfg
+        self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim, num_layers=3)
+
+    def forward(self, views: list[View]) -> StepOutput:
+        h1, h2 = self.encode(views[:2])
+        z1, z2 = self.projector(h1), self.projector(h2)
+        loss, terms = barlow_twins_loss(gather_with_grad(z1).float(), gather_with_grad(z2).float(), self.cfg.lambd)
+        return StepOutput(loss * self.cfg.scale_loss, terms, embedding=z1.detach())

@@ -1,0 +1,121 @@
+"""MoCo v3 (Chen, Xie, He: "An Empirical Study of Training Self-Supervised Vision
+Transformers", ICCV 2021).
+
+- Views: two views per image with BYOL's asymmetric recipe (blur 1.0 / 0.1, solarize 0 / 0.2).
+- Networks: online = backbone + projector + predictor; momentum = EMA copy of backbone +
+  projector. Projector MLP(C -> 4096 -> 256) with BN on every layer including an affine-free
+  output BN: 2 layers for a ResNet, 3 for a ViT; predictor MLP(256 -> 4096 -> 256).
+  ResNet or ViT backbones alike; ``freeze_patch_embed`` keeps a ViT's random patch
+  projection fixed (the official "stop-grad conv1" stability trick).
+- Loss: no queue; the keys are the momentum encoder's projections of the OTHER view of the
+  global batch, gathered over ranks without gradient. With q = pred(proj(f(x))) and k
+  L2-normalised, for this rank's n queries at global offset r n:
+      ctr(q, k) = 2 t * CE(q k_all^T / t, labels = r n + i),
+      L = ctr(q1, k2) + ctr(q2, k1),
+  t = 1.0 for ResNets in the paper (0.2 for ViTs and the CIFAR preset); the 2 t factor is the
+  official code's. ``loss`` selects another loss of the InfoNCE family on the same
+  (positive, negatives) similarities.
+- Schedule: momentum m_k = 1 - (1 - m_0) (cos(pi k / K) + 1) / 2 from m_0 = 0.99 to 1,
+  applied after step k (the official code applies m_k before the forward of step k: the
+  same sequence).
+- Differences from the official code: the backbone runs both views in one batch (BN over
+  both views; the official code makes one pass per view; the heads run per view as there);
+  the heads' hidden linear layers have no bias as there, but the predictor's last layer has one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.config import ConfigError
+from selfsup.losses.contrastive import PAIR_LOSSES, pair_loss
+from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update, momentum_schedule
+from selfsup.models.backbones import ViTBackbone
+from selfsup.train.distributed import gather, rank
+from selfsup.views.view import View
+
+
+@dataclass
+class MoCoV3Config:
+    """MoCo v3's options (paper defaults for a ResNet-50; the CIFAR preset changes some).
+
+    proj_layers: 0 picks the paper's depth (3 for a ViT, 2 for a ResNet).
+    freeze_patch_embed: ViT backbones only; the patch embedding keeps its random init.
+    loss: one of ``PAIR_LOSSES``, with tau_plus / beta for the debiased and hard-negative losses.
+    """
+
+    temperature: float = 1.0
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    proj_layers: int = 0
+    pred_hidden: int = 4096
+    base_momentum: float = 0.99
+    freeze_patch_embed: bool = False
+    loss: str = "infonce"
+    tau_plus: float = 0.1
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in PAIR_LOSSES:
+            raise ConfigError(f"mocov3.loss: {self.loss!r} is not one of {', '.join(PAIR_LOSSES)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"mocov3.temperature must be > 0, got {self.temperature}")
+        if self.proj_layers < 0:
+            raise ConfigError(f"mocov3.proj_layers must be >= 0 (0: 3 for ViTs, 2 for ResNets), got {self.proj_layers}")
+        if not 0 <= self.base_momentum <= 1:
+            raise ConfigError(f"mocov3.base_momentum must be in [0, 1], got {self.base_momentum}")
+
+
+class MoCoV3(Method):
+    Config = MoCoV3Config
+    recipe = "byol"
+    description = "MoCo v3: in-batch InfoNCE against momentum keys of the other view, predictor, no queue"
+
+    def __init__(self, backbone: nn.Module, cfg: MoCoV3Config, run: RunInfo) -> None:
+        from selfsup.models.heads import mlp
+
+        super().__init__(backbone, run)
+        self.cfg = cfg
+        vit = isinstance(backbone, ViTBackbone)
+        if cfg.freeze_patch_embed:
+            if not vit:
+                raise ConfigError("mocov3.freeze_patch_embed needs a ViT backbone")
+            backbone.net.patch_embed.requires_grad_(False)
+        layers = cfg.proj_layers or (3 if vit else 2)
+        self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim, layers, last_bn=True)
+        self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
+        self.momentum_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.momentum = cfg.base_momentum
+
+    def contrast(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """2 t * InfoNCE of this rank's queries against the keys of the global batch."""
+        cfg = self.cfg
+        q = F.normalize(q.float(), dim=1)
+        k_all = F.normalize(gather(k).float(), dim=1)
+        n, big_n = q.shape[0], k_all.shape[0]
+        sims = q @ k_all.T
+        is_pos = F.one_hot(torch.arange(n, device=q.device) + rank() * n, big_n).bool()
+        pos, neg = sims[is_pos], sims[~is_pos].view(n, big_n - 1)
+        loss = pair_loss(cfg.loss, pos, neg, cfg.temperature, tau_plus=cfg.tau_plus, beta=cfg.beta)
+        return loss * 2 * cfg.temperature
+
+    def forward(self, views: list[View]) -> StepOutput:
+        h1, h2 = self.encode(views[:2])
+        z1 = self.projector(h1)
+        q1, q2 = self.predictor(z1), self.predictor(self.projector(h2))
+        with torch.no_grad():
+            k1, k2 = (self.momentum_projector(h) for h in self.encode(views[:2], self.momentum_backbone))
+        loss = self.contrast(q1, k2) + self.contrast(q2, k1)
+        return StepOutput(loss, {"momentum": torch.tensor(self.momentum)}, embedding=z1.detach())
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        # a pure function of the step, so a resumed run continues exactly
+        self.momentum = momentum_schedule(self.cfg.base_momentum, step, total_steps)
+        ema_update(self.momentum_backbone, self.backbone, self.momentum)
+        ema_update(self.momentum_projector, self.projector, self.momentum)

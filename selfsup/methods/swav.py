@@ -1,0 +1,125 @@
+"""SwAV (Caron, Misra, Mairal, Goyal, Bojanowski, Joulin: "Unsupervised Learning of Visual
+Features by Contrasting Cluster Assignments", NeurIPS 2020).
+
+- Views: multi-crop. Two global crops of the SimCLR recipe (colour strength 1.0, blur p 0.5
+  at ImageNet scale; ``views.size`` / ``views.scale`` describe them) plus
+  ``views.local_crops`` small crops (``views.local_size`` / ``views.local_scale``).
+- Networks: backbone + projection head MLP(C -> 2048 -> 128) with BN + ReLU, whose output
+  z is L2-normalised, and K prototypes C_k (a linear layer without bias, K = 3000), whose
+  rows are L2-normalised before every forward, so the scores z . C_k are cosines.
+- Codes: for each global crop, Sinkhorn-Knopp (3 iterations, epsilon 0.05) turns its scores
+  into soft assignments that use all prototypes equally over the batch
+  (:func:`selfsup.losses.clustering.sinkhorn_knopp`; sums all-reduced over ranks). Optional
+  queue (``queue_length`` > 0): from epoch ``epoch_queue_starts`` on, the embeddings of the
+  global crops of recent batches are stored; once the queue is full its rows, scored with
+  the current prototypes, join the Sinkhorn problem (only the batch's codes are kept), so
+  equipartition holds over more samples than a small batch.
+- Loss: swapped prediction: every crop predicts the codes of the other global crop(s) with
+  softmax(scores / 0.1) (:func:`selfsup.losses.clustering.swapped_prediction`).
+- Schedule: the prototypes get no update during the first ``freeze_prototypes_epochs``
+  epochs (their gradients are dropped).
+- Differences from the official code: the freeze period counts epochs, not iterations; the
+  queue holds the gathered GLOBAL batch embeddings (identical on every rank, so checkpoints
+  and DDP buffer broadcasts keep it whole) and each rank adds its 1/world_size share of rows
+  to Sinkhorn, where the official code keeps one private queue per rank: both give the same
+  rows to the same global Sinkhorn problem. The projector's first linear layer has no bias
+  (a BN follows it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.config import ConfigError
+from selfsup.losses.clustering import sinkhorn_knopp, swapped_prediction
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.train.distributed import gather, rank, world_size
+from selfsup.views.view import View
+
+ASSIGNED = 2  # the global crops: the views whose codes are predicted (crops_for_assign)
+
+
+@dataclass
+class SwAVConfig:
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    num_prototypes: int = 3000
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    queue_length: int = 0
+    epoch_queue_starts: int = 15
+    freeze_prototypes_epochs: int = 1
+
+
+class SwAV(Method):
+    Config = SwAVConfig
+    recipe = "simclr"
+    description = "SwAV: predict the Sinkhorn cluster codes of one crop from the other crops"
+
+    def __init__(self, backbone: nn.Module, cfg: SwAVConfig, run: RunInfo) -> None:
+        from selfsup.models.heads import mlp
+
+        super().__init__(backbone, run)
+        for key in ("temperature", "epsilon", "num_prototypes", "sinkhorn_iterations"):
+            if getattr(cfg, key) <= 0:
+                raise ConfigError(f"swav.{key} must be > 0, got {getattr(cfg, key)}")
+        if cfg.queue_length < 0 or cfg.queue_length % world_size():
+            raise ConfigError(f"swav.queue_length {cfg.queue_length} must be >= 0 and divisible by the "
+                              f"world size {world_size()}")
+        self.cfg = cfg
+        self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.prototypes = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
+        # newest rows first; `counters` = (completed steps, filled queue rows), mirrored in
+        # Python ints so that no step needs a host-device sync to decide on the queue
+        self.register_buffer("queue", torch.zeros(ASSIGNED, cfg.queue_length, cfg.proj_dim))
+        self.register_buffer("counters", torch.zeros(2, dtype=torch.long))
+        self._steps, self._filled = 0, 0
+        self.register_load_state_dict_post_hook(SwAV._read_counters)
+
+    @staticmethod
+    def _read_counters(module: nn.Module, incompatible_keys: object) -> None:
+        module._steps, module._filled = (int(v) for v in module.counters)
+
+    def forward(self, views: list[View]) -> StepOutput:
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        z = F.normalize(self.projector(torch.cat(self.encode(views))), dim=1)
+        scores = list(self.prototypes(z).chunk(len(views)))
+        embeddings = [e.detach() for e in z.chunk(len(views))[:ASSIGNED]]
+        active = self.cfg.queue_length > 0 and self._steps // self.run.steps_per_epoch >= self.cfg.epoch_queue_starts
+        use_queue = active and self._filled >= self.cfg.queue_length
+        codes = [self._codes(scores[i].detach(), i, use_queue) for i in range(ASSIGNED)]
+        if active:
+            self._enqueue(embeddings)
+        loss = swapped_prediction(scores, codes, self.cfg.temperature)
+        return StepOutput(loss, {"queue_used": torch.tensor(float(use_queue))}, embedding=embeddings[0])
+
+    def _codes(self, scores: torch.Tensor, i: int, use_queue: bool) -> torch.Tensor:
+        """Sinkhorn codes of assigned view ``i``; with the queue, its rows (this rank's share,
+        scored with the current prototypes) join the problem and only the batch rows are kept."""
+        n = scores.shape[0]
+        if use_queue:
+            rows = self.queue[i].chunk(world_size())[rank()]
+            scores = torch.cat([(rows @ self.prototypes.weight.detach().T).float(), scores.float()])
+        return sinkhorn_knopp(scores, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-n:]
+
+    @torch.no_grad()
+    def _enqueue(self, embeddings: list[torch.Tensor]) -> None:
+        """Push the global batch's embeddings (gathered over ranks, newest first), dropping the oldest."""
+        for i, e in enumerate(embeddings):
+            self.queue[i] = torch.cat([gather(e).to(self.queue.dtype), self.queue[i]])[: self.cfg.queue_length]
+        self._filled = min(self.cfg.queue_length, self._filled + embeddings[0].shape[0] * world_size())
+        self.counters[1] = self._filled
+
+    def after_backward(self, step: int) -> None:
+        if step < self.cfg.freeze_prototypes_epochs * self.run.steps_per_epoch:
+            self.prototypes.weight.grad = None
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self._steps = step
+        self.counters[0] = step
