@@ -14,11 +14,15 @@ Conversions to RGB:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+
+T = TypeVar("T")
 
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -62,23 +66,29 @@ def decode(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[i
     return rgb, original
 
 
-def decode_many(paths: list[str], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode files into (images uint8 (k, 3, H, W), original sizes (k, 2), ok bool (k,)).
-
-    A file that cannot be decoded never raises: its image is left black and ok is False.
-    PIL's warnings about odd files are silenced.
-    """
-    pixels = np.zeros((len(paths), *size, 3), dtype=np.uint8)
-    sizes = np.zeros((len(paths), 2), dtype=np.int64)
-    ok = np.zeros(len(paths), dtype=bool)
+def _each_readable(paths: list[str], read: Callable[[str], T]) -> Iterator[tuple[int, T]]:
+    """(i, read(paths[i])) for every file ``read`` handles; a file it fails on (any error of
+    any codec on a damaged file) is skipped, never raised. PIL's warnings are silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, path in enumerate(paths):
             try:
-                pixels[i], sizes[i] = decode(path, size)
-            except Exception:  # any failure of any codec on a damaged file means "skip it"
+                result = read(path)
+            except Exception:  # a damaged or unreadable file means "skip it"
                 continue
-            ok[i] = True
+            yield i, result
+
+
+def decode_many(paths: list[str], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode files into (images uint8 (k, 3, H, W), original sizes (k, 2), ok bool (k,)).
+
+    A file that cannot be decoded never raises: its image is left black and ok is False.
+    """
+    pixels = np.zeros((len(paths), *size, 3), dtype=np.uint8)
+    sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    ok = np.zeros(len(paths), dtype=bool)
+    for i, (rgb, original) in _each_readable(paths, lambda path: decode(path, size)):
+        pixels[i], sizes[i], ok[i] = rgb, original, True
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     return images, torch.from_numpy(sizes), torch.from_numpy(ok)
 
@@ -87,12 +97,6 @@ def read_sizes(paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Header sizes of files: (sizes int64 (k, 2), ok bool (k,)); unreadable files: ok False."""
     sizes = np.zeros((len(paths), 2), dtype=np.int64)
     ok = np.zeros(len(paths), dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, path in enumerate(paths):
-            try:
-                sizes[i] = read_size(path)
-            except Exception:  # a header PIL cannot parse marks the file unreadable
-                continue
-            ok[i] = True
+    for i, hw in _each_readable(paths, read_size):
+        sizes[i], ok[i] = hw, True
     return torch.from_numpy(sizes), torch.from_numpy(ok)
