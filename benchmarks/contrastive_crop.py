@@ -10,7 +10,8 @@ with the method's CIFAR-10 preset (configs/cifar10/<method>.yaml: ResNet-18 with
 stem, RRC scale (0.2, 1), no blur, CIFAR mean/std) and a SHARED budget overriding it: the
 same ``--images`` real CIFAR-10 train images, ``--epochs``, ``--batch-size`` (preset lr scaled
 linearly from the preset batch), no lr warm-up and cosine down to lr / 10 (the small-scale
-recipe). Only ``views.crop`` differs between the two runs of a pair. ContrastiveCrop uses
+recipe). Only ``views.crop`` differs between the two runs of a pair. A "random init" row
+evaluates the same backbone with random weights (per seed). ContrastiveCrop uses
 alpha ``--alpha`` (paper default 0.6; 0.1 was slightly better on small data) and threshold
 ``--threshold``; its warm-up and box-update interval are the official 100 / 100 of 500 epochs
 scaled to the budget (epochs / 5, at least 1) unless given; the schedule is printed.
@@ -42,12 +43,14 @@ from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
 from selfsup.methods import METHODS
-from selfsup.train.trainer import Trainer
+from selfsup.models.backbones import build_backbone
+from selfsup.train.trainer import Trainer, cap, seed_everything
 from selfsup.views.contrastive_crop import update_due
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_VIEW = ("simclr", "byol", "mocov2", "simsiam")
 CROPS = ("random", "contrastive")
+ROWS = ("random init", *CROPS)
 
 
 def evaluate(backbone: torch.nn.Module, splits: DatasetSplits, cfg, device: torch.device, args) -> dict:
@@ -101,23 +104,35 @@ def run(method: str, crop: str, seed: int, args: argparse.Namespace, out: Path) 
     return row
 
 
+def random_init_row(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """The same evaluation of ``method``'s backbone with random weights (seeded like its runs)."""
+    cfg = config_for(method, "random", seed, args, out)
+    seed_everything(seed)
+    backbone = build_backbone(cfg.backbone)
+    s = open_dataset(cfg.data.path, load_size=cfg.data.load_size)
+    splits = DatasetSplits(cap(s.train, cfg.data.max_images, seed), cap(s.test, cfg.data.max_test_images, seed))
+    return {"method": method, "crop": "random init", "seed": seed,
+            **evaluate(backbone, splits, cfg, torch.device("cpu"), args)}
+
+
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
     """Mean and sample std over seeds per (method, crop), and the contrastive - random gap."""
     out = []
     for m in methods:
         means = {}
-        for crop in CROPS:
+        for crop in ROWS:
             ok = [r for r in rows if r["method"] == m and r["crop"] == crop and "error" not in r]
             if not ok:
                 continue
             cell = {"method": m, "crop": crop, "seeds": len(ok)}
-            for key in ("knn_top1", "linear_last_top1", "wall_s"):
+            timed = ("wall_s",) if crop != "random init" else ()
+            for key in ("knn_top1", "linear_last_top1", *timed):
                 values = [r[key] for r in ok]
                 cell[key] = statistics.mean(values)
                 cell[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
             means[crop] = cell
             out.append(cell)
-        if len(means) == 2:
+        if "random" in means and "contrastive" in means:
             for key in ("knn_top1", "linear_last_top1"):
                 means["contrastive"][key + "_gain"] = means["contrastive"][key] - means["random"][key]
     return out
@@ -128,9 +143,10 @@ def table(summary: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     for c in summary:
         gain = f"{100 * c['linear_last_top1_gain']:+.2f} pt" if "linear_last_top1_gain" in c else ""
+        wall = f"{c['wall_s']:.0f}" if "wall_s" in c else "-"
         lines.append(f"| {c['method']} | {c['crop']} | {c['seeds']} | {100 * c['knn_top1']:.2f} ± "
                      f"{100 * c['knn_top1_std']:.2f} | {100 * c['linear_last_top1']:.2f} ± "
-                     f"{100 * c['linear_last_top1_std']:.2f} | {gain} | {c['wall_s']:.0f} |")
+                     f"{100 * c['linear_last_top1_std']:.2f} | {gain} | {wall} |")
     return "\n".join(lines)
 
 
@@ -166,6 +182,7 @@ def main() -> None:
     rows: list[dict] = []
     for seed in args.seeds:
         for m in methods:
+            rows.append(random_init_row(m, seed, args, work))
             for crop in CROPS:
                 try:
                     rows.append(run(m, crop, seed, args, work))

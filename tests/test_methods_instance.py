@@ -71,6 +71,28 @@ def test_nce_gradcheck():
     assert torch.autograd.gradcheck(lambda p, q: nce(p, q, 0.2, 50, 1.7), (pos, neg))
 
 
+@pytest.mark.parametrize("z_momentum", [1.0, 0.5, 0.0])
+def test_instdisc_normalising_constant_first_batch_then_running(z_momentum, cifar_images):
+    torch.manual_seed(0)
+    method = build_method(_cfg("instdisc", z_momentum=z_momentum), RunInfo(200))
+    index = torch.arange(6)
+
+    estimates = []
+    for step in range(2):
+        views = _views(cifar_images[index + 6 * step], index + 6 * step)
+        with torch.no_grad():  # Z_batch = n mean exp(s / t) over positives and noise, by hand
+            v = torch.nn.functional.normalize(method.head(method.encode(views[:1])[0]), dim=1)
+            noise = torch.randint(200, (6, 64), generator=torch.Generator().manual_seed(step))
+            sims = torch.cat([(method.bank[index + 6 * step] * v).sum(1, keepdim=True),
+                              torch.einsum("nd,nkd->nk", v, method.bank[noise])], dim=1)
+        estimates.append(200 * sims.div(0.07).exp().mean().item())
+        method(views)
+    z = math.exp(method.log_z.item())
+    assert math.isclose(z, z_momentum * estimates[0] + (1 - z_momentum) * estimates[1], rel_tol=1e-4)
+    with pytest.raises(ValueError, match="z_momentum"):
+        build_method(_cfg("instdisc", z_momentum=1.5), RunInfo(200))
+
+
 # ----------------------------------------------------------------------------- InvaSpread
 def test_invariant_spreading_by_hand():
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

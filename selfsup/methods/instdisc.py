@@ -17,7 +17,13 @@ Discrimination", CVPR 2018).
       L = -mean_i [ log h(V_i . v_i) + sum_j log(1 - h(V_j' . v_i)) ],
       h(s) = sigmoid(s / t - log Z - log(m / n)).
   Z is estimated once, on the first batch, as n * mean exp(s / t) over the positive and
-  noise similarities (averaged over ranks), then kept fixed (a buffer, checkpointed).
+  noise similarities (averaged over ranks), then kept fixed (a buffer, checkpointed): the
+  paper's choice, ``z_momentum = 1``. With ``z_momentum < 1`` the same Monte-Carlo estimate
+  is blended in after every step, Z <- z_momentum Z + (1 - z_momentum) Z_batch (0: the
+  current batch's estimate). Not in the paper: on small datasets the bank refills with the
+  network's early, highly correlated features within a few steps, the first-batch Z is then
+  far too small, every noise posterior h saturates and the loss diverges (measured in
+  benchmarks/README.md); a running Z keeps h calibrated.
   The noise indices are drawn for the whole global batch from a generator that is seeded
   identically on every rank and restored on resume (``SharedGenerator``).
 - Differences from the official code (lemniscate.pytorch): the initial bank rows are
@@ -50,6 +56,7 @@ class InstDiscConfig:
     num_negatives: int = 4096
     temperature: float = 0.07
     bank_momentum: float = 0.5
+    z_momentum: float = 1.0
 
 
 def init_bank(num_items: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -73,6 +80,8 @@ class InstDisc(Method):
 
     def __init__(self, backbone: nn.Module, cfg: InstDiscConfig, run: RunInfo) -> None:
         super().__init__(backbone, run)
+        if not 0 <= cfg.z_momentum <= 1:
+            raise ValueError(f"instdisc.z_momentum must be in [0, 1], got {cfg.z_momentum}")
         if run.num_images < 2:
             raise ValueError(f"instdisc needs the training-set size for its memory bank, got {run.num_images}")
         self.cfg = cfg
@@ -96,8 +105,10 @@ class InstDisc(Method):
             neg = torch.einsum("nd,nkd->nk", v, self.bank[noise])
         t = self.cfg.temperature
         with torch.no_grad():
-            estimate = all_reduce_mean(torch.cat([pos[:, None], neg], dim=1).div(t).exp().mean())
-            self.log_z.copy_(torch.where(self.log_z.isnan(), torch.log(estimate * num_items), self.log_z))
+            estimate = all_reduce_mean(torch.cat([pos[:, None], neg], dim=1).div(t).exp().mean()) * num_items
+            m = self.cfg.z_momentum
+            running = torch.log(m * self.log_z.exp() + (1 - m) * estimate)
+            self.log_z.copy_(torch.where(self.log_z.isnan(), torch.log(estimate), running))
         loss = nce(pos, neg, t, num_items, self.log_z)
         update_bank(self.bank, index_all, gather(v.detach()), self.cfg.bank_momentum)
         return StepOutput(loss, {"log_z": self.log_z.detach()}, embedding=v.detach())
