@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.config import build_config, load_yaml, merge
+from selfsup.config import build_config, load_yaml, merge, parse_overrides
 from selfsup.data import DatasetSplits, open_dataset
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
@@ -61,10 +61,11 @@ def config_for(method: str, args: argparse.Namespace, out: Path):
         "data": {"path": args.data, "max_images": args.images, "max_test_images": args.test_images},
         "optim": {"lr": lr, "warmup_epochs": args.warmup_epochs},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-                  "device": args.device, "out_dir": str(out / method), "knn_every": 0,
-                  "progress": False, "log_every": 5},
+                  "device": args.device, "out_dir": str(out / method), "knn_every": args.knn_every,
+                  "knn_max_train": 0, "knn_max_test": 0, "progress": False, "log_every": 5},
     })
-    return build_config(raw)
+    overrides = {k: v for k, v in parse_overrides(args.set).items() if k not in METHODS or k == method}
+    return build_config(merge(raw, overrides))
 
 
 def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
@@ -80,7 +81,8 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
            "img_per_s": sum(r["summary"]["img_per_s"] for r in epochs) / len(epochs),
            "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
            "z_std": steps[-1].get("z_std"), "z_eff_rank": steps[-1].get("z_eff_rank"),
-           "steps": trainer.step}
+           "steps": trainer.step,
+           "knn_by_epoch": {r["epoch"]: r["online_knn"] for r in epochs if "online_knn" in r}}
     row.update(evaluate(trainer.method.backbone, trainer.splits, cfg, trainer.dist.device))
     return row
 
@@ -109,6 +111,10 @@ def main() -> None:
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--cifar-stem", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--knn-every", type=int, default=0,
+                   help="also record the kNN top-1 every N epochs (same splits as the final one)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides; a key of a method's own section applies to that method only")
     p.add_argument("--device", default="auto")
     p.add_argument("--workdir", default="/tmp/selfsup-instance-bench")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/instance_methods.json"))
