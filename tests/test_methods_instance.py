@@ -10,7 +10,7 @@ import torch
 
 from selfsup.cli import main
 from selfsup.config import ConfigError, OptimConfig, build_config
-from selfsup.data import DataError, ImageDataset
+from selfsup.data import DataError, ImageDataset, open_dataset
 from selfsup.data.order import epoch_order, sliding_window_order
 from selfsup.losses.contrastive import nce
 from selfsup.losses.instance import invariant_spreading
@@ -91,6 +91,31 @@ def test_instdisc_normalising_constant_first_batch_then_running(z_momentum, cifa
     assert math.isclose(z, z_momentum * estimates[0] + (1 - z_momentum) * estimates[1], rel_tol=1e-4)
     with pytest.raises(ValueError, match="z_momentum"):
         build_method(_cfg("instdisc", z_momentum=1.5), RunInfo(200))
+
+
+def test_instdisc_bank_from_the_networks_own_features(cifar_subset):
+    train = open_dataset(cifar_subset(10, 0)).train  # 100 real images, uint8
+    cfg = build_config({"method": "instdisc", "backbone": {"name": "resnet18"},
+                        "views": {"size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]},
+                        "instdisc": {"num_negatives": 64, "bank_init": "features"}})
+    torch.manual_seed(0)
+    method = build_method(cfg, RunInfo(100))
+    random_bank = method.bank.clone()
+    method.on_fit_start(train, cfg.views, torch.device("cpu"))
+    assert method.training and method.backbone.training  # eval mode only while embedding
+    method.eval()
+    with torch.no_grad():  # row i = normalise(head(backbone(image i))), pixels normalised by hand
+        pixels = next(train.batches(100, shuffle=False)).images.float() / 255
+        x = (pixels - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+        expected = torch.nn.functional.normalize(method.head(method.backbone(x)[1]), dim=1)
+    torch.testing.assert_close(method.bank, expected, atol=1e-5, rtol=0)
+    assert (method.bank * random_bank).sum(1).abs().mean() < 0.3  # no longer the random rows
+    paper = build_method(_cfg("instdisc"), RunInfo(100))
+    before = paper.bank.clone()
+    paper.on_fit_start(train, cfg.views, torch.device("cpu"))
+    assert torch.equal(paper.bank, before)  # the default keeps the paper's random bank
+    with pytest.raises(ConfigError, match="bank_init"):
+        build_method(_cfg("instdisc", bank_init="zeros"), RunInfo(100))
 
 
 # ----------------------------------------------------------------------------- InvaSpread
@@ -302,14 +327,16 @@ def _interrupt_at(monkeypatch, call: int) -> None:
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupted)
 
 
-def test_instdisc_cli_checkpoints_and_resumes_the_memory_bank(cifar_subset, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("bank_init", ["random", "features"])
+def test_instdisc_cli_checkpoints_and_resumes_the_memory_bank(bank_init, cifar_subset, tmp_path, monkeypatch, capsys):
     data = cifar_subset(10, 0)  # 100 real images, no test split (no kNN)
 
-    def pretrain(out, *extra):
+    def pretrain(out, *extra):  # a resumed run that re-initialised the bank would differ below
         return main(["pretrain", "--method", "instdisc", "--data", str(data),
                      "--config", str(ROOT / "configs/cifar10/instdisc.yaml"), "--epochs", "2",
                      "--batch-size", "32", "--out", str(tmp_path / out), *extra, "--set",
-                     "backbone.cifar_stem=false", "train.progress=false", "instdisc.num_negatives=64"])
+                     "backbone.cifar_stem=false", "train.progress=false", "instdisc.num_negatives=64",
+                     f"instdisc.bank_init={bank_init}"])
 
     assert pretrain("straight") == 0
     with monkeypatch.context() as m:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.config import ViewsConfig
+from selfsup.data import ImageDataset
 from selfsup.views.view import View
 
 
@@ -70,6 +72,10 @@ class Method(nn.Module):
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts completed steps, from 1)."""
+
+    def on_fit_start(self, train: ImageDataset, views: ViewsConfig, device: torch.device) -> None:
+        """Called once before the first step of a fresh run (not on resume: whatever it sets
+        up is in the checkpoint), with the training set and the view settings."""
 
     def optimizer_groups(self) -> list[dict]:
         """Parameters that need their own optimiser options, as ``{"params": ..., option: value}``

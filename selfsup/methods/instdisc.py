@@ -24,6 +24,12 @@ Discrimination", CVPR 2018).
   network's early, highly correlated features within a few steps, the first-batch Z is then
   far too small, every noise posterior h saturates and the loss diverges (measured in
   benchmarks/README.md); a running Z keeps h calibrated.
+  ``bank_init``: "random" (the paper's, above) or "features" (not in the paper): before the
+  first step the bank is filled with the untrained network's own normalised embeddings of
+  the un-augmented training images (eval mode), so that no step trains towards a random
+  target. With the random bank, every positive of the first epoch is a random vector the
+  network cannot fit, and the batch-averaged pull moves all outputs together; on 3,000
+  images that collapse costs more than the rest of a short run recovers (benchmarks/README.md).
   The noise indices are drawn for the whole global batch from a generator that is seeded
   identically on every rank and restored on resume (``SharedGenerator``).
 - Differences from the official code (lemniscate.pytorch): the initial bank rows are
@@ -43,11 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.config import ConfigError, ViewsConfig
+from selfsup.data import ImageDataset
+from selfsup.eval.features import extract_features
 from selfsup.losses.contrastive import nce
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.rng import SharedGenerator
 from selfsup.train.distributed import all_reduce_mean, gather, rank
 from selfsup.views.view import View
+
+BANK_INITS = ("random", "features")
 
 
 @dataclass
@@ -57,6 +68,7 @@ class InstDiscConfig:
     temperature: float = 0.07
     bank_momentum: float = 0.5
     z_momentum: float = 1.0
+    bank_init: str = "random"
 
 
 def init_bank(num_items: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,6 +94,8 @@ class InstDisc(Method):
         super().__init__(backbone, run)
         if not 0 <= cfg.z_momentum <= 1:
             raise ValueError(f"instdisc.z_momentum must be in [0, 1], got {cfg.z_momentum}")
+        if cfg.bank_init not in BANK_INITS:
+            raise ConfigError(f"instdisc.bank_init: {cfg.bank_init!r} is not one of {', '.join(BANK_INITS)}")
         if run.num_images < 2:
             raise ValueError(f"instdisc needs the training-set size for its memory bank, got {run.num_images}")
         self.cfg = cfg
@@ -89,6 +103,13 @@ class InstDisc(Method):
         self.register_buffer("bank", init_bank(run.num_images, cfg.feature_dim))
         self.register_buffer("log_z", torch.tensor(float("nan")))  # estimated on the first batch
         self.noise = SharedGenerator()
+
+    @torch.no_grad()
+    def on_fit_start(self, train: ImageDataset, views: ViewsConfig, device: torch.device) -> None:
+        """``bank_init: features``: bank row i <- the network's normalised embedding of image i."""
+        if self.cfg.bank_init == "features":
+            h, _ = extract_features(self.backbone, train, views.size, views.mean, views.std, device=device)
+            self.bank.copy_(F.normalize(self.head(h.to(device)).float(), dim=1))
 
     def forward(self, views: list[View]) -> StepOutput:
         view = views[0]

@@ -291,6 +291,8 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        if self.step == 0:
+            self.method.on_fit_start(self.splits.train, self.cfg.views, self.dist.device)
         if self.dist.is_main and self.epoch == 0:
             print(
                 f"selfsup: {self.cfg.method} on {len(self.splits.train)} images, "
