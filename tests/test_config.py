@@ -19,9 +19,10 @@ def test_every_preset_builds_and_round_trips(preset):
 def test_overrides_are_typed_and_merged():
     raw = merge(load_yaml(ROOT / "configs/cifar10/simclr.yaml"),
                 parse_overrides(["optim.lr=0.25", "train.epochs=3", "simclr.temperature=0.2",
-                                 "views.scale=[0.3, 1]", "data.load_size=null"]))
+                                 "views.scale=[0.3, 1]", "data.load_size=null", "optim.weight_decay=1e-6"]))
     cfg = build_config(raw)
     assert cfg.optim.lr == 0.25 and cfg.train.epochs == 3 and cfg.params.temperature == 0.2
+    assert cfg.optim.weight_decay == 1e-6  # YAML 1.1 reads "1e-6" as a string; still a number
     assert cfg.views.scale == (0.3, 1.0) and cfg.data.load_size is None
     assert cfg.backbone.cifar_stem is True  # untouched preset value
 
@@ -34,6 +35,7 @@ def test_overrides_are_typed_and_merged():
         ({"trian": {}}, "unknown config key 'trian' (did you mean 'train'?)"),
         ({"simclr": {"temprature": 0.1}}, "unknown config key 'simclr.temprature' (did you mean 'temperature'?)"),
         ({"train": {"epochs": "ten"}}, "train.epochs: expected an integer, got 'ten'"),
+        ({"optim": {"lr": "fast"}}, "optim.lr: expected a number, got 'fast'"),
         ({"train": {"channels_last": 1}}, "train.channels_last: expected true/false, got 1"),
         ({"views": {"scale": [0.2]}}, "views.scale: expected 2 values, got [0.2]"),
         ({"optim": {"name": "adam"}}, "optim.name: 'adam' is not one of sgd, lars, adamw"),
