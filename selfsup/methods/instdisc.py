@@ -70,6 +70,12 @@ class InstDiscConfig:
     z_momentum: float = 1.0
     bank_init: str = "random"
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.z_momentum <= 1:
+            raise ConfigError(f"instdisc.z_momentum must be in [0, 1], got {self.z_momentum}")
+        if self.bank_init not in BANK_INITS:
+            raise ConfigError(f"instdisc.bank_init: {self.bank_init!r} is not one of {', '.join(BANK_INITS)}")
+
 
 def init_bank(num_items: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """(num_items, dim) rows drawn uniformly in [-sqrt(3/dim), sqrt(3/dim)], then L2-normalised."""
@@ -92,10 +98,6 @@ class InstDisc(Method):
 
     def __init__(self, backbone: nn.Module, cfg: InstDiscConfig, run: RunInfo) -> None:
         super().__init__(backbone, run)
-        if not 0 <= cfg.z_momentum <= 1:
-            raise ValueError(f"instdisc.z_momentum must be in [0, 1], got {cfg.z_momentum}")
-        if cfg.bank_init not in BANK_INITS:
-            raise ConfigError(f"instdisc.bank_init: {cfg.bank_init!r} is not one of {', '.join(BANK_INITS)}")
         if run.num_images < 2:
             raise ValueError(f"instdisc needs the training-set size for its memory bank, got {run.num_images}")
         self.cfg = cfg
