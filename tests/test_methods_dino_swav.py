@@ -155,7 +155,12 @@ def test_dino_centre_is_ema_of_teacher_batch_mean(cifar_batch):
     for _ in range(2):
         with torch.no_grad():
             teacher = method.teacher_head(torch.cat(method.encode(views[:2], method.teacher_backbone)))
-            method(views)
+            out = method(views)
+        # the collapse monitor: the teacher's entropy under the centre used by the loss, KL the rest
+        p_t = torch.softmax((teacher - expected) / 0.04, dim=1)
+        entropy = -(p_t * p_t.log()).sum(dim=1).mean()
+        assert torch.allclose(out.logs["teacher_entropy"], entropy, atol=1e-4)
+        assert torch.allclose(out.logs["kl"], out.loss - entropy, atol=1e-4) and out.logs["kl"] > 0
         expected = 0.9 * expected + 0.1 * teacher.mean(dim=0, keepdim=True)
         assert torch.allclose(method.center, expected, atol=1e-6)
     assert expected.abs().max() > 1e-3  # a real, non-zero centre was compared

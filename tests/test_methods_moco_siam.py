@@ -22,7 +22,7 @@ from selfsup.models.backbones import BackboneConfig, build_backbone
 from selfsup.models.split_bn import SplitBatchNorm, convert_split_bn
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedule import warmup_cosine
-from selfsup.views.recipes import CIFAR10_MEAN, CIFAR10_STD, RECIPES, make_views
+from selfsup.views.recipes import CIFAR10_MEAN, CIFAR10_STD, RECIPES, eval_view, make_views
 from selfsup.views.view import View
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +130,36 @@ def test_queue_is_fifo_and_wraps_around():
     assert moco.queue_ptr.item() == 3 and torch.equal(moco.queue[1:3], keys[6:8])
     with pytest.raises(ConfigError, match=r"mocov1\.queue_size"):
         moco.enqueue(torch.zeros(6, 2))
+
+
+def test_queue_init_keys_fills_the_queue_with_the_key_encoders_keys(cifar_subset):
+    train = open_dataset(cifar_subset(4, 0)).train  # 40 real images: one batch of 40 per pass
+    views = build_config({"method": "mocov2"}).views
+    cfg = MoCoV2Config(dim=16, queue_size=48, bn_splits=1, queue_init="keys")
+    torch.manual_seed(0)
+    moco = MoCoV2(TinyNet(), cfg, RunInfo())
+    random_queue = moco.queue.clone()
+    moco.on_fit_start(train, views, torch.device("cpu"))
+    # by hand: pass 0 fills rows 0..39, pass 1 (another order) rows 40..47; one BN over the whole
+    # batch (bn_splits 1), so the shuffle does not change any key
+    expected = []
+    for epoch in (0, 1):
+        batch = next(train.batches(40, shuffle=True, epoch=epoch))
+        x = eval_view(batch.images, views.size, views.mean, views.std)
+        with torch.no_grad():
+            expected.append(torch.nn.functional.normalize(moco.key_head(moco.key_backbone(x)[1]), dim=1))
+    assert torch.allclose(moco.queue[:40], expected[0], atol=1e-5)
+    assert torch.allclose(moco.queue[40:], expected[1][:8], atol=1e-5)
+    assert not torch.allclose(expected[0][:8], expected[1][:8], atol=1e-3)  # a different order
+    assert moco.queue_ptr.item() == 0  # exactly full
+    # the default keeps the official random queue
+    torch.manual_seed(0)
+    plain = MoCoV2(TinyNet(), MoCoV2Config(dim=16, queue_size=48, bn_splits=1), RunInfo())
+    assert torch.equal(plain.queue, random_queue)
+    plain.on_fit_start(train, views, torch.device("cpu"))
+    assert torch.equal(plain.queue, random_queue)
+    with pytest.raises(ConfigError, match=r"mocov2\.queue_init: 'zeros' is not one of random, keys"):
+        MoCoV2Config(queue_init="zeros")
 
 
 def test_split_batch_norm_equals_per_split_batch_norm():

@@ -23,6 +23,9 @@ Self-Supervised Vision Transformers", ICCV 2021).
   constant; it is a buffer recomputed from the step count, so a resumed run continues
   exactly. The last layer gets no update during the first ``freeze_last_layer_epochs``
   epochs (its gradients are dropped), which stabilises the start.
+- Collapse monitor (the paper's Sec. 5.3, Fig. 7): the loss splits into the teacher's entropy
+  h(P_t) and KL(P_t || P_s); both are logged (``teacher_entropy``, ``kl``). Uniform collapse:
+  h -> log K and KL -> 0; collapse onto one dimension: h -> 0 and KL -> 0.
 - Differences from the official code: no weight-decay schedule (the official ViT recipe
   raises wd 0.04 -> 0.4; its ResNet-50 recipe keeps it constant, as here); gradient
   clipping (``optim.grad_clip``) is by global norm, not per parameter; local crops are
@@ -129,8 +132,12 @@ class DINO(Method):
         with torch.no_grad():
             teacher = self.teacher_head(torch.cat(self.encode(views[:2], self.teacher_backbone)))
         loss = dino_loss(list(student), list(teacher.chunk(2)), self.center, self.cfg.student_temp, self.teacher_temp)
+        with torch.no_grad():  # every teacher view enters the same number of pairs: loss = h + KL
+            log_p_t = F.log_softmax((teacher.float() - self.center) / self.teacher_temp, dim=1)
+            entropy = -(log_p_t.exp() * log_p_t).sum(dim=1).mean()
         self._update_center(teacher)
-        logs = {"teacher_temp": self.teacher_temp.detach().clone(), "momentum": torch.tensor(self.momentum)}
+        logs = {"teacher_temp": self.teacher_temp.detach().clone(), "momentum": torch.tensor(self.momentum),
+                "teacher_entropy": entropy, "kl": loss.detach() - entropy}
         return StepOutput(loss, logs, embedding=feats[0].detach())
 
     @torch.no_grad()

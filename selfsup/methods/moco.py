@@ -20,6 +20,13 @@ Baselines with Momentum Contrastive Learning", arXiv 2020).
   key batch is permuted before the key encoder and un-permuted after it (across ranks under
   DDP), so a query and its key never share batch statistics. The permutation comes from a
   generator shared by all ranks and checkpointed (``SharedGenerator``).
+- ``queue_init``: "random" (the official code's: K random unit vectors) or "keys" (not in the
+  papers): before the first step the queue is filled with the untrained key encoder's keys of
+  un-augmented training images (train-mode, split BN, shuffled like every key batch; a seeded
+  random order, the dataset repeated when K exceeds it), so no step contrasts against random
+  vectors. With the random queue the first K / batch steps see negatives that are uniformly
+  spread and unrelated to the data, and collapsing all queries onto one direction lowers the
+  loss; on 3,000 images that early collapse is not recovered (benchmarks/README.md).
 - Differences from the official code: the key encoder is updated after the optimiser step
   (the official one updates it at the start of the next forward: the same sequence); the
   EMA also averages BN running statistics (unused in training); weight decay skips norms
@@ -38,13 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.config import ConfigError, ViewsConfig
+from selfsup.data import ImageDataset
 from selfsup.losses.contrastive import PAIR_LOSSES, pair_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update
 from selfsup.methods.rng import SharedGenerator
 from selfsup.models.split_bn import convert_split_bn
 from selfsup.train.distributed import gather, rank, world_size
+from selfsup.views.recipes import eval_view
 from selfsup.views.view import View
+
+QUEUE_INITS = ("random", "keys")
 
 
 @dataclass
@@ -68,8 +79,13 @@ class MoCoConfig:
     loss: str = "infonce"
     tau_plus: float = 0.1
     beta: float = 1.0
+    queue_init: str = "random"
 
     def __post_init__(self) -> None:
+        if self.queue_init not in QUEUE_INITS:
+            raise ConfigError(
+                f"{self.section}.queue_init: {self.queue_init!r} is not one of {', '.join(QUEUE_INITS)}"
+            )
         if self.loss not in PAIR_LOSSES:
             raise ConfigError(f"{self.section}.loss: {self.loss!r} is not one of {', '.join(PAIR_LOSSES)}")
         for name in ("dim", "queue_size", "bn_splits"):
@@ -153,6 +169,24 @@ class MoCo(Method):
         idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + n) % size)
+
+    @torch.no_grad()
+    def on_fit_start(self, train: ImageDataset, views: ViewsConfig, device: torch.device) -> None:
+        """``queue_init: keys``: fill the queue with the key encoder's keys of training images, in
+        batches of up to 256 per process drawn in a seeded random order (all ranks agree)."""
+        if self.cfg.queue_init != "keys":
+            return
+        splits = max(1, self.cfg.bn_splits // world_size())
+        per_rank = splits * max(1, min(256, len(train) // world_size()) // splits)
+        size, filled, epoch = self.queue.shape[0], 0, 0
+        while filled < size:
+            for batch in train.batches(per_rank, shuffle=True, epoch=epoch, rank=rank(), world_size=world_size()):
+                k = gather(self.keys(eval_view(batch.images.to(device), views.size, views.mean, views.std)))
+                self.enqueue(k[: size - filled])
+                filled += k.shape[0]
+                if filled >= size:
+                    break
+            epoch += 1
 
     def forward(self, views: list[View]) -> StepOutput:
         cfg = self.cfg
