@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo) against one process holding the same global batch: MoCo's queue and
-shuffle across ranks, and the gradients of MoCo v2, MoCo v3, Barlow Twins and VICReg.
+"""Two CPU processes (gloo) against one process holding the same global batch: MoCo's queue (after
+a step and after ``queue_init: keys``) and shuffle across ranks, and the gradients of MoCo v2,
+MoCo v3, Barlow Twins and VICReg.
 
 One spawn runs every case (starting processes is the expensive part).
 """
@@ -13,6 +14,7 @@ import torch.multiprocessing as mp
 from ddp_helpers import free_port, join_gloo
 
 from selfsup.config import build_config
+from selfsup.data import ImageDataset
 from selfsup.methods import build_method
 from selfsup.methods.moco import batch_shuffle, batch_unshuffle
 from selfsup.train.distributed import DistInfo, wrap_model
@@ -29,9 +31,16 @@ SMALL = {
 }
 
 
-def _build(name: str):
-    cfg = build_config({"method": name, "backbone": {"name": "resnet18"}, name: SMALL[name]})
+def _build(name: str, **options):
+    cfg = build_config({"method": name, "backbone": {"name": "resnet18"}, name: {**SMALL[name], **options}})
     return build_method(cfg)
+
+
+def _initial_queue(method: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The queue after ``queue_init: keys`` over the 8 images of view 0 (20 rows: 2.5 passes)."""
+    method.on_fit_start(ImageDataset.from_tensors(images[0]), build_config({"method": "mocov2"}).views,
+                        torch.device("cpu"))
+    return method.queue.clone()
 
 
 def _views(images: torch.Tensor, sl: slice) -> list[View]:
@@ -62,6 +71,10 @@ def _worker(rank: int, port: int, folder: str) -> None:
         method.load_state_dict(data[name])
         method, model = wrap_model(method, DistInfo(rank, WORLD, rank, torch.device("cpu")), sync_bn=True)
         results[name] = _step(method, model, _views(data["images"], sl))
+    keyed = _build("mocov2", queue_init="keys")
+    keyed.load_state_dict(data["mocov2"])
+    results["queue_init"] = _initial_queue(wrap_model(keyed, DistInfo(rank, WORLD, rank, torch.device("cpu")),
+                                                      sync_bn=True)[0], data["images"])
     x = data["images"][0, sl]
     shuffled, inverse = batch_shuffle(x, torch.Generator().manual_seed(7))
     results["shuffle"] = {"shuffled": shuffled, "undone": batch_unshuffle(shuffled, inverse)}
@@ -83,6 +96,10 @@ def runs(tmp_path_factory, cifar_images):
         # a copy before the step (state_dict tensors alias the live queue and statistics)
         inputs[name] = {k: v.clone() if torch.is_tensor(v) else v for k, v in method.state_dict().items()}
         reference[name] = _step(method, method, _views(images, slice(0, n)))
+    keyed = _build("mocov2", queue_init="keys")
+    keyed.load_state_dict(inputs["mocov2"])
+    reference["queue_init"] = _initial_queue(keyed, images)
+    reference["random_queue"] = inputs["mocov2"]["queue"]
     torch.save(inputs, folder / "inputs.pt")
     mp.start_processes(_worker, args=(free_port(), str(folder)), nprocs=WORLD, start_method="spawn")
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
@@ -99,6 +116,15 @@ def test_moco_queue_after_a_step_equals_the_single_process_queue(runs):
         assert r["mocov2"]["queue_ptr"].item() == WORLD * PER_RANK
         assert torch.allclose(r["mocov2"]["queue"], ref["queue"], atol=1e-5)
     assert torch.equal(ranks[0]["mocov2"]["queue"], ranks[1]["mocov2"]["queue"])
+
+
+def test_moco_queue_init_from_keys_equals_the_single_process_queue(runs):
+    _, reference, ranks = runs
+    ref = reference["queue_init"]  # 8 + 8 + 4 keys of 3 seeded orders of the 8 images
+    assert ((ref - reference["random_queue"]).norm(dim=1) > 1e-3).all()
+    torch.testing.assert_close(ref.norm(dim=1), torch.ones(20), atol=1e-5, rtol=0)
+    for r in ranks:
+        assert torch.allclose(r["queue_init"], ref, atol=1e-5)
 
 
 def test_shuffle_across_ranks_is_a_permutation_that_is_undone(runs):
