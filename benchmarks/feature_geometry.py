@@ -7,9 +7,10 @@ For each pre-training run folder (its ``last.pt``) and for random initialisation
 run's architecture (seeded as in ``instance_methods.py``), on the run's own capped CIFAR splits
 and evaluation view:
 
-- the share of the training features' variance on their first principal component, and that
-  component's correlation with two per-image colour statistics (mean brightness, and mean blue
-  minus mean red), and the share of its variance explained by the class means;
+- the share of the training features' variance on their first principal component, the
+  absolute value of that component's correlation with two per-image colour statistics (mean
+  brightness, and mean blue minus mean red; a component's sign is arbitrary), and the share of
+  its variance explained by the class means;
 - weighted kNN top-1 (k = 200, T = 0.1) on the raw features (the benchmark's number), on
   centred features, and on centred features with the top r principal components removed
   (r = 1, 2, 5); the mean and the components are estimated on the training features only;
@@ -72,9 +73,9 @@ def geometry_row(name: str, backbone: torch.nn.Module, train: ImageDataset, test
     mean, pcs, share = principal_components(ftr)
     pc1 = (ftr - mean) @ pcs[0]
     class_means = torch.stack([pc1[ytr == c].mean() for c in range(n_cls)])
+    corr = {f"pc1_abs_corr_{k}": torch.corrcoef(torch.stack([pc1, v]))[0, 1].abs().item() for k, v in colours.items()}
     row = {"run": name, "pc1_variance_share": share[0].item(),
-           "pc1_class_variance_share": (class_means.var(unbiased=False) / pc1.var(unbiased=False)).item(),
-           **{f"pc1_corr_{k}": torch.corrcoef(torch.stack([pc1, v]))[0, 1].item() for k, v in colours.items()},
+           "pc1_class_variance_share": (class_means.var(unbiased=False) / pc1.var(unbiased=False)).item(), **corr,
            "knn_raw": knn_accuracy(ftr, ytr, fte, yte, n_cls)}
     for r in (0, 1, 2, 5):
         drop = pcs[:r]
@@ -107,7 +108,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    cols = ["pc1_variance_share", "pc1_corr_blue_minus_red", "pc1_corr_brightness", "pc1_class_variance_share",
+    cols = ["pc1_variance_share", "pc1_abs_corr_blue_minus_red", "pc1_abs_corr_brightness", "pc1_class_variance_share",
             "knn_raw", "knn_centred_drop0", "knn_centred_drop2", "knn_centred_drop5", "linear_last",
             "linear_last_chosen_wd"]
     print("| run | " + " | ".join(cols) + " | chosen wd |")
