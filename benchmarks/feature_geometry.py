@@ -16,7 +16,7 @@ and evaluation view:
   (r = 1, 2, 5); the mean and the components are estimated on the training features only;
 - linear-probe top-1 (last epoch) as in the benchmark (no weight decay), and with the weight
   decay chosen on a held-out 20 % of the TRAINING features, then retrained on all of them
-  (the test split never takes part in the choice).
+  (``selfsup.eval.linear.linear_probe_chosen_decay``; the test split takes no part in the choice).
 
 Writes the rows as JSON and prints a markdown table.
 """
@@ -33,11 +33,9 @@ from selfsup.data import open_dataset
 from selfsup.data.dataset import ImageDataset
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
-from selfsup.eval.linear import linear_probe
+from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
 from selfsup.runs import load_run
 from selfsup.train.trainer import cap, seed_everything
-
-WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
 
 def colour_statistics(dataset: ImageDataset) -> dict[str, torch.Tensor]:
@@ -51,18 +49,6 @@ def principal_components(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     mean = train.mean(0)
     _, sv, vh = torch.linalg.svd(train - mean, full_matrices=False)
     return mean, vh, sv.square() / sv.square().sum()
-
-
-def probe_with_chosen_decay(ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor,
-                            n_cls: int, seed: int = 0) -> tuple[float, float]:
-    """(chosen weight decay, last-epoch test top-1): the decay maximises last-epoch accuracy on a
-    seeded 20 % of the training features, the probe is then retrained on all of them."""
-    perm = torch.randperm(len(ftr), generator=torch.Generator().manual_seed(seed))
-    val, fit = perm[: len(ftr) // 5], perm[len(ftr) // 5:]
-    scores = {wd: linear_probe(ftr[fit], ytr[fit], ftr[val], ytr[val], n_cls, weight_decay=wd).last_epoch_accuracy
-              for wd in WEIGHT_DECAYS}
-    wd = max(scores, key=scores.get)
-    return wd, linear_probe(ftr, ytr, fte, yte, n_cls, weight_decay=wd).last_epoch_accuracy
 
 
 def geometry_row(name: str, backbone: torch.nn.Module, train: ImageDataset, test: ImageDataset, views,
@@ -82,7 +68,8 @@ def geometry_row(name: str, backbone: torch.nn.Module, train: ImageDataset, test
         a, b = ftr - mean, fte - mean
         row[f"knn_centred_drop{r}"] = knn_accuracy(a - a @ drop.T @ drop, ytr, b - b @ drop.T @ drop, yte, n_cls)
     row["linear_last"] = linear_probe(ftr, ytr, fte, yte, n_cls).last_epoch_accuracy
-    row["linear_chosen_wd"], row["linear_last_chosen_wd"] = probe_with_chosen_decay(ftr, ytr, fte, yte, n_cls)
+    choice = linear_probe_chosen_decay(ftr, ytr, fte, yte, n_cls)
+    row["linear_chosen_wd"], row["linear_last_chosen_wd"] = choice.weight_decay, choice.result.last_epoch_accuracy
     return row
 
 

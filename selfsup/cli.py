@@ -101,17 +101,39 @@ def _eval_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weight_decay(text: str) -> float | str:
+    """``--weight-decay``: a number >= 0, or ``auto`` (chosen on a split of the training set)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _eval_linear(args: argparse.Namespace) -> int:
-    from selfsup.eval.linear import linear_probe
+    from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
 
     ((ftr, ytr), (fte, yte)), n_cls = _load_features(args)
-    res = linear_probe(ftr, ytr, fte, yte, n_cls, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.probe_batch_size, weight_decay=args.weight_decay)
+    probe = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.probe_batch_size}
+    chosen = {}
+    if args.weight_decay == "auto":
+        choice = linear_probe_chosen_decay(ftr, ytr, fte, yte, n_cls, **probe)
+        res, wd = choice.result, choice.weight_decay
+        chosen = {"weight_decay_chosen_on": "20% of the train split",
+                  "validation_top1": {str(k): v for k, v in choice.validation_accuracy.items()}}
+    else:
+        wd = args.weight_decay
+        res = linear_probe(ftr, ytr, fte, yte, n_cls, weight_decay=wd, **probe)
     _write_result(args, "linear", {
         "checkpoint": str(args.checkpoint), "random_init": args.random_init,
         "last_epoch_top1": res.last_epoch_accuracy,
         "best_epoch_top1": res.best_epoch_accuracy, "best_epoch": res.best_epoch,
-        "epochs": res.epochs, "lr": args.lr, "train_images": len(ytr), "test_images": len(yte),
+        "epochs": res.epochs, "lr": args.lr, "weight_decay": wd, **chosen,
+        "train_images": len(ytr), "test_images": len(yte),
     })
     return 0
 
@@ -204,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _eval_parser(ev, "linear", "linear probe on frozen features (last-epoch accuracy)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=_weight_decay, default=0.0,
+                   help="L2 weight decay, or 'auto': chosen from 0 to 0.3 on a held-out 20%% of the train split")
     p.add_argument("--probe-batch-size", type=int, default=256)
     p.set_defaults(func=_eval_linear)
     p = _eval_parser(ev, "align", "alignment (augmented view pairs) and uniformity of the features (Wang & Isola)")
@@ -230,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="probe epochs (unless --steps)")
     p.add_argument("--steps", type=int, default=0, help="probe optimiser steps (overrides --epochs)")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=_weight_decay, default=0.0,
+                   help="L2 weight decay, or 'auto': chosen from 0 to 0.3 on a held-out 20%% of the train split")
     p.add_argument("--batch-size", type=int, default=8, help="images per probe / fine-tuning step")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--finetune-steps", type=int, default=0, help="then fine-tune the whole network N steps")

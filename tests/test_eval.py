@@ -1,11 +1,16 @@
-"""kNN and linear probe on hand-made features."""
+"""kNN and linear probe on hand-made features, and the chosen-decay probe on real CIFAR-10 features."""
 
 import math
 
+import pytest
 import torch
 
+from selfsup.config import BackboneConfig
+from selfsup.data import open_dataset
+from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy, knn_predict
-from selfsup.eval.linear import linear_probe
+from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
+from selfsup.models.backbones import build_backbone
 
 
 def test_knn_weighted_vote_by_hand():
@@ -45,3 +50,56 @@ def test_linear_probe_learns_separable_classes_and_reports_last_epoch():
     # shuffled labels cannot be learned: chance level
     bad = linear_probe(xtr, ytr[torch.randperm(400, generator=g)], xte, yte, 4, epochs=10)
     assert bad.last_epoch_accuracy < 0.45
+
+
+def _overfitting_problem(seed: int = 0):
+    """60 training samples, 2 informative dimensions among 200."""
+    g = torch.Generator().manual_seed(seed)
+    ytr, yte = torch.arange(60) % 2, torch.arange(400) % 2
+
+    def feats(y):
+        x = torch.randn(len(y), 200, generator=g)
+        x[:, :2] += (2 * y[:, None] - 1) * 0.8
+        return x
+
+    return feats(ytr), ytr, feats(yte), yte
+
+
+def test_linear_probe_chosen_decay_picks_on_train_split_only_and_retrains_on_all():
+    xtr, ytr, xte, yte = _overfitting_problem()
+    grid = (0.3, 0.0, 0.1, 1e-2)
+    choice = linear_probe_chosen_decay(xtr, ytr, xte, yte, 2, grid, epochs=30)
+    assert list(choice.validation_accuracy) == sorted(grid)
+    best = max(choice.validation_accuracy.values())
+    assert choice.weight_decay == min(wd for wd, acc in choice.validation_accuracy.items() if acc == best)
+    # the reported result is the probe retrained on all 60 training samples with that decay
+    again = linear_probe(xtr, ytr, xte, yte, 2, epochs=30, weight_decay=choice.weight_decay)
+    assert choice.result == again
+    # the test split takes no part in the choice: scrambled test labels change nothing in it
+    blind = linear_probe_chosen_decay(xtr, ytr, xte, yte[torch.randperm(400)], 2, grid, epochs=30)
+    assert blind.weight_decay == choice.weight_decay
+    assert blind.validation_accuracy == choice.validation_accuracy
+
+
+def test_linear_probe_chosen_decay_rejects_bad_settings():
+    xtr, ytr, xte, yte = _overfitting_problem()
+    with pytest.raises(ValueError, match=r"val_fraction 0\.0 leaves no validation"):
+        linear_probe_chosen_decay(xtr, ytr, xte, yte, 2, val_fraction=0.0)
+    with pytest.raises(ValueError, match="weight_decays must be"):
+        linear_probe_chosen_decay(xtr, ytr, xte, yte, 2, weight_decays=(0.1, -1.0))
+
+
+def test_chosen_decay_lifts_random_init_features_on_real_cifar(cifar_subset):
+    """The case it exists for: random-initialisation ResNet-18 features of 1,500 real CIFAR-10
+    images overfit an unregularised probe (measured: 0.252 -> 0.307 on 1,000 test images)."""
+    splits = open_dataset(cifar_subset(150, 100))
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(name="resnet18"))
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ftr, ytr = extract_features(backbone, splits.train, 32, mean, std)
+    fte, yte = extract_features(backbone, splits.test, 32, mean, std)
+    choice = linear_probe_chosen_decay(ftr, ytr, fte, yte, 10)
+    plain = linear_probe(ftr, ytr, fte, yte, 10)
+    assert choice.weight_decay > 0
+    assert choice.validation_accuracy[choice.weight_decay] > choice.validation_accuracy[0.0] + 0.03
+    assert choice.result.last_epoch_accuracy > plain.last_epoch_accuracy + 0.03

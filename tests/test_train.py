@@ -95,6 +95,13 @@ def test_eval_and_export_commands(small_cifar, tmp_path, capsys):
                  "--epochs", "5"]) == 0
     lin = json.loads((run / "linear.json").read_text())
     assert lin["epochs"] == 5 and 0 <= lin["last_epoch_top1"] <= lin["best_epoch_top1"] <= 1
+    assert lin["weight_decay"] == 0.0
+    assert main(["eval", "linear", "--checkpoint", str(run), "--data", str(small_cifar),
+                 "--epochs", "5", "--weight-decay", "auto", "--out", str(tmp_path / "auto.json")]) == 0
+    auto = json.loads((tmp_path / "auto.json").read_text())
+    assert set(auto["validation_top1"]) == {"0.0", "0.001", "0.01", "0.03", "0.1", "0.3"}
+    assert auto["weight_decay"] in (0.0, 0.001, 0.01, 0.03, 0.1, 0.3)
+    assert auto["validation_top1"][str(auto["weight_decay"])] == max(auto["validation_top1"].values())
     assert main(["eval", "knn", "--checkpoint", str(run), "--data", str(small_cifar),
                  "--random-init"]) == 0
     assert json.loads((run / "knn_random_init.json").read_text())["random_init"] is True
