@@ -253,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="probe epochs (unless --steps)")
     p.add_argument("--steps", type=int, default=0, help="probe optimiser steps (overrides --epochs)")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=_weight_decay, default=0.0,
-                   help="L2 weight decay, or 'auto': chosen from 0 to 0.3 on a held-out 20%% of the train split")
+    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=8, help="images per probe / fine-tuning step")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--finetune-steps", type=int, default=0, help="then fine-tune the whole network N steps")

@@ -52,7 +52,7 @@ def test_linear_probe_learns_separable_classes_and_reports_last_epoch():
     assert bad.last_epoch_accuracy < 0.45
 
 
-def _overfitting_problem(seed: int = 0):
+def _two_class_problem(seed: int = 0):
     """60 training samples, 2 informative dimensions among 200."""
     g = torch.Generator().manual_seed(seed)
     ytr, yte = torch.arange(60) % 2, torch.arange(400) % 2
@@ -66,7 +66,7 @@ def _overfitting_problem(seed: int = 0):
 
 
 def test_linear_probe_chosen_decay_picks_on_train_split_only_and_retrains_on_all():
-    xtr, ytr, xte, yte = _overfitting_problem()
+    xtr, ytr, xte, yte = _two_class_problem()
     grid = (0.3, 0.0, 0.1, 1e-2)
     choice = linear_probe_chosen_decay(xtr, ytr, xte, yte, 2, grid, epochs=30)
     assert list(choice.validation_accuracy) == sorted(grid)
@@ -82,7 +82,7 @@ def test_linear_probe_chosen_decay_picks_on_train_split_only_and_retrains_on_all
 
 
 def test_linear_probe_chosen_decay_rejects_bad_settings():
-    xtr, ytr, xte, yte = _overfitting_problem()
+    xtr, ytr, xte, yte = _two_class_problem()
     with pytest.raises(ValueError, match=r"val_fraction 0\.0 leaves no validation"):
         linear_probe_chosen_decay(xtr, ytr, xte, yte, 2, val_fraction=0.0)
     with pytest.raises(ValueError, match="weight_decays must be"):
