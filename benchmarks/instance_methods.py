@@ -13,6 +13,10 @@ T = 0.1) and a linear probe (features standardised, 100 epochs SGD, last epoch r
 L2-normalised embedding, effective rank); wall time and images/s. A random-initialisation
 row uses the same backbone, same evaluation. Writes benchmarks/results/instance_methods.json
 and prints a markdown table. A method that fails is recorded with its error, not dropped.
+
+``--validation`` evaluates on ``--test-images`` TRAIN images that the run never trains on (the
+same seeded permutation that picks the ``--images``, continued) instead of the test split: use it
+to choose a method's options, then report the chosen options on the test split.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import torch
 
 from selfsup.config import build_config, load_yaml, merge, parse_overrides
-from selfsup.data import DatasetSplits, open_dataset
+from selfsup.data import DatasetSplits, ImageDataset, open_dataset
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
@@ -68,10 +72,30 @@ def config_for(method: str, args: argparse.Namespace, out: Path):
     return build_config(merge(raw, overrides))
 
 
+def held_out(cfg, train: ImageDataset, args: argparse.Namespace) -> ImageDataset:
+    """``--test-images`` train images disjoint from the ``--images`` that ``cap`` trains on."""
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed))
+    held = perm[args.images:args.images + args.test_images]
+    if len(held) < args.test_images:
+        raise ValueError(f"--validation: the train split has {len(train)} images, fewer than "
+                         f"--images {args.images} + --test-images {args.test_images}")
+    return train.subset(held.sort().values)
+
+
+def eval_splits(cfg, args: argparse.Namespace) -> DatasetSplits:
+    """The run's training images and its evaluation images (test split, or held-out train)."""
+    s = open_dataset(cfg.data.path, load_size=cfg.data.load_size)
+    train = cap(s.train, cfg.data.max_images, cfg.train.seed)
+    test = held_out(cfg, s.train, args) if args.validation else cap(s.test, cfg.data.max_test_images, cfg.train.seed)
+    return DatasetSplits(train, test)
+
+
 def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
     cfg = config_for(method, args, out)
     start = time.perf_counter()
     trainer = Trainer(cfg)
+    if args.validation:
+        trainer.splits = eval_splits(cfg, args)
     trainer.fit()
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (out / method / "metrics.jsonl").read_text().splitlines()]
@@ -90,9 +114,7 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
 def random_init_row(args: argparse.Namespace, out: Path) -> dict:
     cfg = config_for("simclr", args, out)
     seed_everything(args.seed)
-    s = open_dataset(cfg.data.path, load_size=cfg.data.load_size)
-    splits = DatasetSplits(cap(s.train, cfg.data.max_images, cfg.train.seed),
-                           cap(s.test, cfg.data.max_test_images, cfg.train.seed))
+    splits = eval_splits(cfg, args)
     return {"method": "random init", **evaluate(build_backbone(cfg.backbone), splits, cfg, torch.device("cpu"))}
 
 
@@ -115,6 +137,8 @@ def main() -> None:
                    help="also record the kNN top-1 every N epochs (same splits as the final one)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides; a key of a method's own section applies to that method only")
+    p.add_argument("--validation", action="store_true",
+                   help="evaluate on held-out TRAIN images (for choosing options), not the test split")
     p.add_argument("--device", default="auto")
     p.add_argument("--workdir", default="/tmp/selfsup-instance-bench")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/instance_methods.json"))
@@ -136,7 +160,7 @@ def main() -> None:
                                    "threads": torch.get_num_threads()}, indent=2))
     print(f"\n{args.images} CIFAR-10 train images x {args.epochs} epochs, batch {args.batch_size}, "
           f"ResNet-18 ({'CIFAR' if args.cifar_stem else 'standard'} stem), 32 px, seed {args.seed}; "
-          f"evaluated on {args.test_images} test images")
+          f"evaluated on {args.test_images} {'held-out train' if args.validation else 'test'} images")
     print("| method | kNN top-1 | linear top-1 (last) | z std | eff. rank | wall s | img/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
