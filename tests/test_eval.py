@@ -47,6 +47,8 @@ def test_linear_probe_learns_separable_classes_and_reports_last_epoch():
     res = linear_probe(xtr, ytr, xte, yte, 4, epochs=10, lr=0.1)
     assert res.last_epoch_accuracy > 0.95
     assert res.best_epoch_accuracy >= res.last_epoch_accuracy and 1 <= res.best_epoch <= 10
+    assert res.predictions.shape == (200,)
+    assert math.isclose((res.predictions == yte).float().mean().item(), res.last_epoch_accuracy)
     # shuffled labels cannot be learned: chance level
     bad = linear_probe(xtr, ytr[torch.randperm(400, generator=g)], xte, yte, 4, epochs=10)
     assert bad.last_epoch_accuracy < 0.45
@@ -74,7 +76,7 @@ def test_linear_probe_chosen_decay_picks_on_train_split_only_and_retrains_on_all
     assert choice.weight_decay == min(wd for wd, acc in choice.validation_accuracy.items() if acc == best)
     # the reported result is the probe retrained on all 60 training samples with that decay
     again = linear_probe(xtr, ytr, xte, yte, 2, epochs=30, weight_decay=choice.weight_decay)
-    assert choice.result == again
+    assert choice.result == again and torch.equal(choice.result.predictions, again.predictions)
     # the test split takes no part in the choice: scrambled test labels change nothing in it
     blind = linear_probe_chosen_decay(xtr, ytr, xte, yte[torch.randperm(400)], 2, grid, epochs=30)
     assert blind.weight_decay == choice.weight_decay

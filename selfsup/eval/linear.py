@@ -14,7 +14,7 @@ validation split, as in SimCLR's transfer protocol) and never looks at the test 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ class LinearResult:
     best_epoch_accuracy: float
     best_epoch: int
     epochs: int
+    # the last epoch's predicted class of every test sample (N,), for paired comparisons
+    predictions: torch.Tensor = field(compare=False)
 
 
 def linear_probe(
@@ -53,7 +55,7 @@ def linear_probe(
     steps_per_epoch = math.ceil(len(xtr) / batch_size)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    accs = []
+    accs, pred = [], torch.empty(0, dtype=torch.int64)
     for _ in range(epochs):
         perm = torch.randperm(len(xtr), generator=gen)
         for idx in perm.split(batch_size):
@@ -63,9 +65,10 @@ def linear_probe(
             opt.step()
             sched.step()
         with torch.no_grad():
-            accs.append((fc(xte).argmax(1) == test_labels).float().mean().item())
+            pred = fc(xte).argmax(1)
+            accs.append((pred == test_labels).float().mean().item())
     best = max(range(epochs), key=accs.__getitem__)
-    return LinearResult(accs[-1], accs[best], best + 1, epochs)
+    return LinearResult(accs[-1], accs[best], best + 1, epochs, pred)
 
 
 @dataclass
