@@ -31,14 +31,13 @@ import math
 from pathlib import Path
 
 import torch
+from saved_runs import splits_and_random_init
 
-from selfsup.data import open_dataset
 from selfsup.data.dataset import ImageDataset
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_predict
 from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
 from selfsup.runs import load_run
-from selfsup.train.trainer import cap, seed_everything
 
 PROBES = ("knn", "linear", "linear_chosen_wd")
 
@@ -68,12 +67,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random-initialisation row")
     p.add_argument("--out", default=None, help="JSON file for the rows")
     args = p.parse_args()
-    cfg, _ = load_run(args.runs[0], random_init=True)
-    data = open_dataset(cfg.data.path, load_size=cfg.data.load_size)
-    train = cap(data.train, cfg.data.max_images, cfg.train.seed)
-    test = cap(data.test, args.test_images, cfg.train.seed)
-    seed_everything(args.seed)
-    _, fresh = load_run(args.runs[0], random_init=True)
+    cfg, train, test, fresh = splits_and_random_init(args.runs[0], args.test_images, args.seed)
     reference = correct(fresh.backbone, train, test, cfg.views)
     rows = [{"run": "random init", **{f"{k}_top1": v.float().mean().item() for k, v in reference.items()}}]
     for run in args.runs:

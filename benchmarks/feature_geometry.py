@@ -28,14 +28,13 @@ import json
 from pathlib import Path
 
 import torch
+from saved_runs import splits_and_random_init
 
-from selfsup.data import open_dataset
 from selfsup.data.dataset import ImageDataset
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
 from selfsup.runs import load_run
-from selfsup.train.trainer import cap, seed_everything
 
 
 def colour_statistics(dataset: ImageDataset) -> dict[str, torch.Tensor]:
@@ -79,13 +78,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random-initialisation row")
     p.add_argument("--out", default=None, help="JSON file for the rows")
     args = p.parse_args()
-    cfg, _ = load_run(args.runs[0], random_init=True)
-    data = open_dataset(cfg.data.path, load_size=cfg.data.load_size)
-    train = cap(data.train, cfg.data.max_images, cfg.train.seed)
-    test = cap(data.test, cfg.data.max_test_images, cfg.train.seed)
+    cfg, train, test, fresh = splits_and_random_init(args.runs[0], None, args.seed)
     colours = colour_statistics(train)
-    seed_everything(args.seed)
-    _, fresh = load_run(args.runs[0], random_init=True)
     rows = [geometry_row("random init", fresh.backbone, train, test, cfg.views, colours)]
     for run in args.runs:
         run_cfg, method = load_run(run)
