@@ -82,7 +82,9 @@ class OptimConfig:
     """Optimiser and learning-rate schedule (linear warm-up, then cosine per step).
 
     lr is the absolute peak learning rate for the configured global batch size.
-    Norm and bias parameters never get weight decay (nor LARS adaptation).
+    Norm and bias parameters never get weight decay (nor LARS adaptation). ``lars_clip``:
+    LARS in LARC's clipping mode (``trust_coefficient`` caps each layer's relative step
+    instead of scaling it; see :class:`selfsup.train.optim.LARS`).
     """
 
     name: str = "sgd"
@@ -91,6 +93,7 @@ class OptimConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     trust_coefficient: float = 0.001
+    lars_clip: bool = False
     warmup_epochs: float = 10.0
     warmup_start_factor: float = 0.0
     min_lr: float = 0.0

@@ -257,6 +257,7 @@ def test_short_run_on_real_cifar_multicrop_learns_without_collapse(name, cifar_b
 @pytest.mark.parametrize(("name", "key", "value", "message"), [
     ("dino", "student_temp", 0.0, "dino.student_temp must be > 0, got 0.0"),
     ("swav", "epsilon", -0.05, "swav.epsilon must be > 0, got -0.05"),
+    ("swav", "epsilon", 0.01, "swav.epsilon 0.01 is below 0.0114"),
     ("swav", "queue_length", -1, "swav.queue_length -1 must be >= 0"),
 ])
 def test_bad_method_values_name_the_key(name, key, value, message):

@@ -60,3 +60,17 @@ def test_lars_step_by_hand():
     opt.step()
     assert torch.allclose(w, torch.tensor([3.0, 4.0 - 0.1 * 10 * 0.0005]))
     assert torch.allclose(b, torch.tensor([1.0 - 0.1 * 2.0]))
+
+
+def test_lars_clip_caps_the_step_at_the_trust_ratio():
+    """LARC clipping: step = lr * g when lr * ||g|| <= eta * ||w||, else eta * ||w|| * g / ||g||."""
+    small, large = nn.Parameter(torch.tensor([3.0, 4.0])), nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = LARS([{"params": [small, large], "weight_decay": 0.0, "lars": True}],
+               lr=0.1, momentum=0.9, trust_coefficient=0.02, clip=True)
+    small.grad = torch.tensor([0.0, 0.5])  # lr * ||g|| = 0.05 < 0.02 * 5 = 0.1: plain SGD
+    large.grad = torch.tensor([0.0, 10.0])  # lr * ||g|| = 1.0 > 0.1: the step is capped at 0.1
+    opt.step()
+    assert torch.allclose(small, torch.tensor([3.0, 4.0 - 0.1 * 0.5]))
+    assert torch.allclose(large, torch.tensor([3.0, 4.0 - 0.1]))
+    cfg = OptimConfig(name="lars", lars_clip=True, trust_coefficient=0.02)
+    assert all(g["clip"] for g in build_optimizer(nn.Linear(2, 2), cfg).param_groups)

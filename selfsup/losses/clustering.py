@@ -27,7 +27,9 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
 
     The last step normalises samples, so each code sums to 1 exactly; the prototype marginals
     reach 1/K only in the limit. No max is subtracted before the exponential (as in the
-    official code): the scores are cosines, |s| <= 1, and exp(1 / 0.05) is far from overflow.
+    official code): the scores are cosines, |s| <= 1, and exp(1 / 0.05) is far from overflow;
+    float32 overflows for epsilon below about 1 / 88 (SwAV rejects such values), and the sum
+    over the n x K entries needs a little more room.
 
     scores: (n, K) this rank's rows. Under DDP every rank holds n rows of the global batch of
         B = n * world_size samples (equal shards); the sums over samples (the total and each

@@ -9,7 +9,10 @@ Features by Contrasting Cluster Assignments", NeurIPS 2020).
   rows are L2-normalised before every forward, so the scores z . C_k are cosines.
 - Codes: for each global crop, Sinkhorn-Knopp (3 iterations, epsilon 0.05) turns its scores
   into soft assignments that use all prototypes equally over the batch
-  (:func:`selfsup.losses.clustering.sinkhorn_knopp`; sums all-reduced over ranks). Optional
+  (:func:`selfsup.losses.clustering.sinkhorn_knopp`; sums all-reduced over ranks). A smaller
+  epsilon gives more peaked codes; the official FAQ lowers it (0.03) when training collapses
+  early to uniform codes (loss stuck near ln K). At batch 128 without a queue, epsilon 0.05
+  collapses that way in our CIFAR-10 benchmark and 0.02 does not (benchmarks/README.md). Optional
   queue (``queue_length`` > 0): from epoch ``epoch_queue_starts`` on, the embeddings of the
   global crops of recent batches are stored; once the queue is full its rows, scored with
   the current prototypes, join the Sinkhorn problem (only the batch's codes are kept), so
@@ -40,6 +43,7 @@ from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.train.distributed import gather, rank, world_size
 from selfsup.views.view import View
 
+MIN_EPSILON = 1 / 88  # exp(88) is about the float32 maximum; the scores are cosines, at most 1
 ASSIGNED = 2  # the global crops: the views whose codes are predicted (crops_for_assign)
 
 
@@ -68,6 +72,9 @@ class SwAV(Method):
         for key in ("temperature", "epsilon", "num_prototypes", "sinkhorn_iterations"):
             if getattr(cfg, key) <= 0:
                 raise ConfigError(f"swav.{key} must be > 0, got {getattr(cfg, key)}")
+        if cfg.epsilon < MIN_EPSILON:
+            raise ConfigError(f"swav.epsilon {cfg.epsilon} is below {MIN_EPSILON:.4f}: exp(1 / epsilon) of a "
+                              "cosine score overflows float32 in Sinkhorn-Knopp")
         if cfg.queue_length < 0 or cfg.queue_length % world_size():
             raise ConfigError(f"swav.queue_length {cfg.queue_length} must be >= 0 and divisible by the "
                               f"world size {world_size()}")

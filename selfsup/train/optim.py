@@ -37,13 +37,18 @@ class LARS(torch.optim.Optimizer):
     """LARS (You et al., 2017) around SGD with momentum, as used by SimCLR / BYOL / PixPro.
 
     For parameters of a group with ``lars=True``: g <- g + wd * w, then
-    g <- g * eta * ||w|| / ||g|| (when both norms are > 0), then heavy-ball momentum.
+    g <- g * r with the trust ratio r = eta * ||w|| / ||g|| (when both norms are > 0), then
+    heavy-ball momentum; the step is lr * r * g. With ``clip`` (LARC's clipping mode, as
+    apex's LARC default and solo-learn's ``clip_lr``), r becomes min(r / lr, 1): each layer
+    takes the plain SGD step lr * g unless that would exceed eta * ||w||, so eta caps the
+    relative change per step instead of scaling every step down by it.
     Groups with ``lars=False`` (norms, biases) get plain momentum SGD without decay.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, trust_coefficient: float = 0.001) -> None:
+    def __init__(self, params, lr: float, momentum: float = 0.9, trust_coefficient: float = 0.001,
+                 clip: bool = False) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0,
-                                  "trust_coefficient": trust_coefficient, "lars": True})
+                                  "trust_coefficient": trust_coefficient, "lars": True, "clip": clip})
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -61,6 +66,8 @@ class LARS(torch.optim.Optimizer):
                         group["trust_coefficient"] * w_norm / g_norm,
                         torch.ones_like(w_norm),
                     )
+                    if group["clip"]:
+                        ratio = (ratio / group["lr"]).clamp(max=1.0)
                     g = g * ratio
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -79,7 +86,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
             g.pop("lars")
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "lars":
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient,
+                    clip=cfg.lars_clip)
     if cfg.name == "adamw":
         for g in groups:
             g.pop("lars")
