@@ -1,6 +1,7 @@
 """DINO and SwAV: Sinkhorn and DINO loss against hand computations, schedules, frozen layers,
 the SwAV queue, a short run on real CIFAR-10 multi-crop views and a CLI run of each preset."""
 
+import dataclasses
 import json
 import math
 import re
@@ -232,6 +233,21 @@ def test_swav_queue_used_only_from_start_epoch_once_full(cifar_batch):
     with torch.no_grad():
         a, b = method(views), fresh(views)
     assert b.logs["queue_used"].item() == 1 and torch.allclose(a.loss, b.loss)
+
+
+def test_swav_code_entropy_is_ln_k_for_identical_samples_and_lower_otherwise(cifar_batch):
+    """The SwAV collapse monitor: a batch of one image repeated (a collapsed network's output)
+    can only get uniform codes, entropy ln K; real distinct images get peaked codes."""
+    torch.manual_seed(0)
+    cfg = _config("swav", num_prototypes=10)
+    method = build_method(cfg, RunInfo(16, steps_per_epoch=2, epochs=4)).eval()
+    views = _views(cfg, method, cifar_batch)
+    same = [dataclasses.replace(v, images=v.images[:1].expand_as(v.images)) for v in views]
+    with torch.no_grad():
+        real, collapsed = method(views).logs, method(same).logs
+    assert collapsed["code_entropy"].item() == pytest.approx(math.log(10), abs=1e-5)
+    assert real["code_entropy"].item() < math.log(10) - 0.5
+    assert real["score_std"].item() > 0 and collapsed["score_std"].item() > 0  # spread over prototypes
 
 
 # ------------------------------------------------------------------ learning on real images

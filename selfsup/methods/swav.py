@@ -19,6 +19,10 @@ Features by Contrasting Cluster Assignments", NeurIPS 2020).
   equipartition holds over more samples than a small batch.
 - Loss: swapped prediction: every crop predicts the codes of the other global crop(s) with
   softmax(scores / 0.1) (:func:`selfsup.losses.clustering.swapped_prediction`).
+- Collapse monitor, besides the trainer's: ``code_entropy``, the mean entropy of the first
+  global crop's codes (ln K: uniform codes, the collapse the official FAQ describes, where the
+  loss sticks near ln K), and ``score_std``, the spread of its scores over the prototypes
+  (codes are peaked only while it is large against epsilon).
 - Schedule: the prototypes get no update during the first ``freeze_prototypes_epochs``
   epochs (their gradients are dropped).
 - Differences from the official code: the freeze period counts epochs, not iterations; the
@@ -104,7 +108,10 @@ class SwAV(Method):
         if active:
             self._enqueue(embeddings)
         loss = swapped_prediction(scores, codes, self.cfg.temperature)
-        return StepOutput(loss, {"queue_used": torch.tensor(float(use_queue))}, embedding=embeddings[0])
+        logs = {"queue_used": torch.tensor(float(use_queue)),
+                "code_entropy": -(codes[0] * codes[0].clamp_min(1e-30).log()).sum(dim=1).mean(),
+                "score_std": scores[0].detach().float().std(dim=1).mean()}
+        return StepOutput(loss, logs, embedding=embeddings[0])
 
     def _codes(self, scores: torch.Tensor, i: int, use_queue: bool) -> torch.Tensor:
         """Sinkhorn codes of assigned view ``i``; with the queue, its rows (this rank's share,
