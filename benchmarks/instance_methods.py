@@ -96,16 +96,18 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
     trainer = Trainer(cfg)
     if args.validation:
         trainer.splits = eval_splits(cfg, args)
-    trainer.fit()
+    resumed = args.resume and trainer.checkpoint_path.is_file()
+    trainer.fit(resume=resumed)
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (out / method / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "summary" not in r]
-    epochs = [r for r in records if "summary" in r]
+    epochs = list({r["epoch"]: r for r in records if "summary" in r}.values())  # a resumed epoch counts once
     row = {"method": method, "lr": cfg.optim.lr, "optimizer": cfg.optim.name, "wall_s": wall,
            "img_per_s": sum(r["summary"]["img_per_s"] for r in epochs) / len(epochs),
            "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
            "z_std": steps[-1].get("z_std"), "z_eff_rank": steps[-1].get("z_eff_rank"),
-           "steps": trainer.step,
+           "train_s": sum(r["summary"]["epoch_time_s"] for r in epochs),
+           "steps": trainer.step, "resumed": resumed,
            "knn_by_epoch": {r["epoch"]: r["online_knn"] for r in epochs if "online_knn" in r}}
     row.update(evaluate(trainer.method.backbone, trainer.splits, cfg, trainer.dist.device))
     return row
@@ -139,6 +141,9 @@ def main() -> None:
                    help="config overrides; a key of a method's own section applies to that method only")
     p.add_argument("--validation", action="store_true",
                    help="evaluate on held-out TRAIN images (for choosing options), not the test split")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each method from the last.pt in its run folder, where there is one "
+                        "(wall_s then counts only the resumed part; train_s counts every epoch)")
     p.add_argument("--device", default="auto")
     p.add_argument("--workdir", default="/tmp/selfsup-instance-bench")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/instance_methods.json"))
