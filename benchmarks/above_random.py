@@ -20,7 +20,9 @@ runs must share ``data.max_images`` and seed) and the run's evaluation view:
   are 1 when the run and random initialisation classify test image i correctly, and its paired
   standard error std(c - r) / sqrt(n). ``above`` is d > 2 standard errors.
 
-Writes the rows as JSON and prints a markdown table.
+Writes the rows as JSON and prints a markdown table. With ``--append`` the rows already in
+``--out`` are kept and only new runs are evaluated (random initialisation is seeded, so its row
+is the same in every invocation with the same first run).
 """
 
 from __future__ import annotations
@@ -66,11 +68,19 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=0, help="test images to evaluate on (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-initialisation row")
     p.add_argument("--out", default=None, help="JSON file for the rows")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows already in --out and evaluate only the runs it does not have")
     args = p.parse_args()
+    kept = []
+    if args.append:
+        if not args.out or not Path(args.out).is_file():
+            raise SystemExit(f"--append: no rows to keep, {args.out} is not a file")
+        kept = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["run"] != "random init"]
     cfg, train, test, fresh = splits_and_random_init(args.runs[0], args.test_images, args.seed)
     reference = correct(fresh.backbone, train, test, cfg.views)
     rows = [{"run": "random init", **{f"{k}_top1": v.float().mean().item() for k, v in reference.items()}}]
-    for run in args.runs:
+    rows += kept
+    for run in (r for r in args.runs if str(r) not in {k["run"] for k in kept}):
         run_cfg, method = load_run(run)
         if (run_cfg.data.max_images, run_cfg.train.seed) != (cfg.data.max_images, cfg.train.seed):
             raise SystemExit(f"{run}: data.max_images / train.seed differ from {args.runs[0]}'s")
