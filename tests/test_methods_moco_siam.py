@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from selfsup.cli import main
 from selfsup.config import ConfigError, OptimConfig, build_config, load_yaml
@@ -262,6 +263,29 @@ def test_simsiam_predictor_gets_a_fixed_lr_group():
         assert g["weight_decay"] == (1e-4 if all(p.ndim > 1 for p in g["params"]) else 0.0)
     method.cfg.fix_pred_lr = False
     assert not any(g.get("fixed_lr") for g in build_optimizer(method, OptimConfig()).param_groups)
+
+
+def test_simsiam_gradient_stops_at_its_targets():
+    # L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2: the gradients equal those of that formula with
+    # the targets detached by hand, and differ from the formula without the stop-gradient
+    torch.manual_seed(0)
+    method = SimSiam(TinyNet(), SimSiamConfig(proj_hidden=16, proj_dim=16, pred_hidden=8), RunInfo())
+    x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    views = [View(x, torch.zeros(8, 4), torch.zeros(8, dtype=torch.bool)) for x in (x1, x2)]
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad(loss, list(method.parameters()), allow_unused=True)
+
+    def by_hand(stop: bool) -> torch.Tensor:
+        _, pooled = method.backbone(torch.cat([x1, x2]))  # one backbone batch, as encode()
+        z1, z2 = method.projector(pooled[:8]), method.projector(pooled[8:])
+        p1, p2 = method.predictor(z1), method.predictor(z2)
+        t1, t2 = (z1.detach(), z2.detach()) if stop else (z1, z2)
+        return -(F.cosine_similarity(p1, t2).mean() + F.cosine_similarity(p2, t1).mean()) / 2
+
+    ours, stopped, through = grads(method(views).loss), grads(by_hand(True)), grads(by_hand(False))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, stopped, strict=True))
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(ours, through, strict=True))
 
 
 def test_bad_options_are_one_line_config_errors():
