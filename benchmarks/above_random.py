@@ -80,7 +80,8 @@ def main() -> None:
     reference = correct(fresh.backbone, train, test, cfg.views)
     rows = [{"run": "random init", **{f"{k}_top1": v.float().mean().item() for k, v in reference.items()}}]
     rows += kept
-    for run in (r for r in args.runs if str(r) not in {k["run"] for k in kept}):
+    done = {r["run"] for r in kept}
+    for run in (r for r in args.runs if str(r) not in done):
         run_cfg, method = load_run(run)
         if (run_cfg.data.max_images, run_cfg.train.seed) != (cfg.data.max_images, cfg.train.seed):
             raise SystemExit(f"{run}: data.max_images / train.seed differ from {args.runs[0]}'s")
