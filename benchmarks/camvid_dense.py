@@ -148,7 +148,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, help="pre-training batch for every method (default: the presets')")
     p.add_argument("--crop-size", type=int, help="views.size for every method (default: the presets')")
     p.add_argument("--max-images", type=int, default=0, help="pre-train on a random subset (0: all 367)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every method")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides for every method")
     p.add_argument("--probe-size", type=int, nargs=2, metavar=("H", "W"), help="probe load size (default: 360 480)")
     p.add_argument("--probe-scale", type=float, default=1.0)
     p.add_argument("--probe-epochs", type=int, default=20)

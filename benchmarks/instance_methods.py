@@ -137,7 +137,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--knn-every", type=int, default=0,
                    help="also record the kNN top-1 every N epochs (same splits as the final one)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides; a key of a method's own section applies to that method only")
     p.add_argument("--validation", action="store_true",
                    help="evaluate on held-out TRAIN images (for choosing options), not the test split")

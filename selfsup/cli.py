@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name (see `selfsup methods`)")
     p.add_argument("--data", help="image folder, .tar/.tar.gz/.zip archive, or cifar10")
     p.add_argument("--config", help="YAML preset, e.g. configs/cifar10/simclr.yaml")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. optim.lr=0.5 train.epochs=10")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from selfsup.cli import main
+from selfsup.cli import build_parser, main
 from selfsup.train import trainer as trainer_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +145,14 @@ def test_methods_lists_simclr_and_byol(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "simclr" in out and "byol" in out
+
+
+def test_repeated_set_flags_accumulate():
+    """`--set a=1 --set b=2` keeps both overrides (a plain store would silently drop the first)."""
+    args = build_parser().parse_args(["pretrain", "--set", "optim.lr=0.5", "train.epochs=3",
+                                      "--set", "dino.out_dim=512"])
+    assert args.set == ["optim.lr=0.5", "train.epochs=3", "dino.out_dim=512"]
+    assert build_parser().parse_args(["pretrain"]).set == []
 
 
 def test_gradient_accumulation_steps_once_per_global_batch(small_cifar, tmp_path):
