@@ -140,7 +140,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         shape = [1, c] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32 (AMP), float64 kept
         # two passes (mean, then centred squares) for the same round-off as one process
         total = all_reduce_with_grad(torch.cat([xf.sum(dims), xf.new_tensor([x.numel() / c])]))
         n = total[-1]
