@@ -104,7 +104,9 @@ class OptimConfig:
 class TrainConfig:
     """The training loop. ``batch_size`` is the GLOBAL batch over all ranks and
     accumulation steps; each step sees batch_size / (world_size * accum_steps) images per
-    rank per forward pass."""
+    rank per forward pass. ``dtype``: the precision of the weights; ``float64`` (no AMP) is for
+    exact comparisons, e.g. the golden trajectories of the tests, where float32 round-off,
+    amplified by batch norm over a few images, would differ between CPUs."""
 
     epochs: int = 100
     batch_size: int = 256
@@ -112,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
+    dtype: str = "float32"
     channels_last: bool = True
     sync_bn: bool = False
     out_dir: str = "runs/run"
@@ -150,6 +153,7 @@ SECTIONS = ("backbone", "data", "views", "optim", "train")
 ALLOWED_CHOICES = {
     ("optim", "name"): ("sgd", "lars", "adamw"),
     ("train", "amp"): ("auto", "bf16", "fp16", "off"),
+    ("train", "dtype"): ("float32", "float64"),
     ("views", "crop"): ("random", "contrastive", "fixed-center"),
 }
 
@@ -302,6 +306,8 @@ def validate(cfg: PretrainConfig) -> None:
     for name in ("epochs", "batch_size", "accum_steps"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if t.dtype == "float64" and t.amp in ("bf16", "fp16"):
+        raise ConfigError(f"train.amp={t.amp} cannot be combined with train.dtype=float64; use amp: off")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by train.accum_steps {t.accum_steps}")
     if cfg.optim.lr <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.core.tensors import upcast
 from selfsup.train.distributed import all_reduce_with_grad, world_size
 
 
@@ -36,7 +37,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
         prototype's) are all-reduced, so the codes equal those of one process holding all rows.
     Returns (n, K) float32 codes, without gradient.
     """
-    q = torch.exp(scores.float() / epsilon).T  # (K, n)
+    q = torch.exp(upcast(scores) / epsilon).T  # (K, n)
     k, b = q.shape[0], q.shape[1] * world_size()
     q /= all_reduce_with_grad(q.sum())
     for _ in range(iterations):
@@ -61,8 +62,8 @@ def swapped_prediction(
 
     scores: V tensors (n, K), one per view; codes: |A| tensors (n, K).
     """
-    log_p = [F.log_softmax(s.float() / temperature, dim=1) for s in scores]
-    loss = scores[0].new_zeros((), dtype=torch.float32)
+    log_p = [F.log_softmax(upcast(s) / temperature, dim=1) for s in scores]
+    loss = upcast(scores[0]).new_zeros(())
     for i, q in enumerate(codes):
         others = [lp for v, lp in enumerate(log_p) if v != i]
         loss = loss + sum(-(q * lp).sum(dim=1).mean() for lp in others) / len(others)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.core.tensors import upcast
+
 
 def dino_loss(
     student: list[torch.Tensor],
@@ -31,7 +33,7 @@ def dino_loss(
     teacher: the teacher logits (n, K) of the global views (no gradient flows to them).
     center: (1, K) or (K,) the centre c.
     """
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=1).detach() for t in teacher]
-    log_p = [F.log_softmax(s.float() / student_temp, dim=1) for s in student]
+    targets = [F.softmax((upcast(t) - center) / teacher_temp, dim=1).detach() for t in teacher]
+    log_p = [F.log_softmax(upcast(s) / student_temp, dim=1) for s in student]
     terms = [-(q * lp).sum(dim=1).mean() for i, q in enumerate(targets) for v, lp in enumerate(log_p) if v != i]
     return sum(terms) / len(terms)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from selfsup.config import ConfigError
+from selfsup.core.tensors import upcast
 from selfsup.losses.redundancy import barlow_twins_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.train.distributed import gather_with_grad
@@ -58,5 +59,5 @@ class BarlowTwins(Method):
     def forward(self, views: list[View]) -> StepOutput:
         h1, h2 = self.encode(views[:2])
         z1, z2 = self.projector(h1), self.projector(h2)
-        loss, terms = barlow_twins_loss(gather_with_grad(z1).float(), gather_with_grad(z2).float(), self.cfg.lambd)
+        loss, terms = barlow_twins_loss(upcast(gather_with_grad(z1)), upcast(gather_with_grad(z2)), self.cfg.lambd)
         return StepOutput(loss * self.cfg.scale_loss, terms, embedding=z1.detach())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import ViewsConfig
+from selfsup.core.tensors import upcast
 from selfsup.data import ImageDataset
 from selfsup.views.view import View
 
@@ -109,7 +110,7 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
 
     About 1/sqrt(d) for well-spread embeddings, 0 when every sample maps to one point.
     """
-    return F.normalize(z.float(), dim=1).std(dim=0).mean()
+    return F.normalize(upcast(z), dim=1).std(dim=0).mean()
 
 
 @torch.no_grad()
@@ -118,7 +119,7 @@ def effective_rank(z: torch.Tensor) -> torch.Tensor:
     values of the centred embeddings. Between 1 (all variance in one direction) and
     min(N, D) (isotropic); a dimensional collapse shows as a falling value.
     """
-    z = z.float()
+    z = upcast(z)
     s = torch.linalg.svdvals(z - z.mean(dim=0))
     p = s / s.sum().clamp_min(1e-12)
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import ConfigError
+from selfsup.core.tensors import upcast
 from selfsup.losses.distillation import dino_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update, momentum_schedule
 from selfsup.train.distributed import all_reduce_mean
@@ -136,7 +137,7 @@ class DINO(Method):
             teacher = self.teacher_head(torch.cat(self.encode(views[:2], self.teacher_backbone)))
         loss = dino_loss(list(student), list(teacher.chunk(2)), self.center, self.cfg.student_temp, self.teacher_temp)
         with torch.no_grad():  # every teacher view enters the same number of pairs: loss = h + KL
-            log_p_t = F.log_softmax((teacher.float() - self.center) / self.teacher_temp, dim=1)
+            log_p_t = F.log_softmax((upcast(teacher) - self.center) / self.teacher_temp, dim=1)
             entropy = -(log_p_t.exp() * log_p_t).sum(dim=1).mean()
         self._update_center(teacher)
         logs = {"teacher_temp": self.teacher_temp.detach().clone(), "momentum": torch.tensor(self.momentum),
@@ -146,7 +147,7 @@ class DINO(Method):
     @torch.no_grad()
     def _update_center(self, teacher: torch.Tensor) -> None:
         """c <- m c + (1 - m) mean of the teacher outputs over the global batch (all ranks)."""
-        batch_center = all_reduce_mean(teacher.float().mean(dim=0, keepdim=True))
+        batch_center = all_reduce_mean(upcast(teacher).mean(dim=0, keepdim=True))
         self.center.lerp_(batch_center, 1 - self.cfg.center_momentum)
 
     def after_backward(self, step: int) -> None:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.core.tensors import upcast
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.train.distributed import all_reduce_mean, world_size
 from selfsup.views.view import View
@@ -69,7 +70,7 @@ class Exemplar(Method):
     def forward(self, views: list[View]) -> StepOutput:
         h = torch.cat(self.encode(views))
         target = self.class_of[views[0].index].repeat(len(views))
-        logits = self.classifier(h).float()
+        logits = upcast(self.classifier(h))
         labelled = (target >= 0).sum()
         # mean over the GLOBAL batch's labelled samples: DDP averages the ranks' gradients
         count = (all_reduce_mean(labelled.float()) * world_size()).clamp_min(1)

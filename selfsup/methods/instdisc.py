@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import ConfigError, ViewsConfig
+from selfsup.core.tensors import upcast
 from selfsup.data import ImageDataset
 from selfsup.eval.features import extract_features
 from selfsup.losses.contrastive import nce
@@ -111,12 +112,12 @@ class InstDisc(Method):
         """``bank_init: features``: bank row i <- the network's normalised embedding of image i."""
         if self.cfg.bank_init == "features":
             h, _ = extract_features(self.backbone, train, views.size, views.mean, views.std, device=device)
-            self.bank.copy_(F.normalize(self.head(h.to(device)).float(), dim=1))
+            self.bank.copy_(F.normalize(upcast(self.head(h.to(device))), dim=1))
 
     def forward(self, views: list[View]) -> StepOutput:
         view = views[0]
         (h,) = self.encode([view])
-        v = F.normalize(self.head(h).float(), dim=1)
+        v = F.normalize(upcast(self.head(h)), dim=1)
         n, m, num_items = v.shape[0], self.cfg.num_negatives, self.bank.shape[0]
         index = view.index
         index_all = gather(index)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import ConfigError, ViewsConfig
+from selfsup.core.tensors import upcast
 from selfsup.data import ImageDataset
 from selfsup.losses.contrastive import PAIR_LOSSES, pair_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update
@@ -158,7 +159,7 @@ class MoCo(Method):
             )
         x_shuffled, inverse = batch_shuffle(x, self.shuffle_gen.next(x.device))
         k = self.key_head(self.key_backbone(x_shuffled)[1])
-        return batch_unshuffle(F.normalize(k.float(), dim=1), inverse)
+        return batch_unshuffle(F.normalize(upcast(k), dim=1), inverse)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -191,7 +192,7 @@ class MoCo(Method):
     def forward(self, views: list[View]) -> StepOutput:
         cfg = self.cfg
         x_q, x_k = views[0].images, views[1].images
-        q = F.normalize(self.head(self.backbone(x_q)[1]).float(), dim=1)
+        q = F.normalize(upcast(self.head(self.backbone(x_q)[1])), dim=1)
         k = self.keys(x_k)
         pos = (q * k).sum(dim=1)
         neg = q @ self.queue.clone().T  # a copy: the queue changes below, autograd keeps this one

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import ConfigError
+from selfsup.core.tensors import upcast
 from selfsup.losses.contrastive import PAIR_LOSSES, pair_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update, momentum_schedule
 from selfsup.models.backbones import ViTBackbone
@@ -96,8 +97,8 @@ class MoCoV3(Method):
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """2 t * InfoNCE of this rank's queries against the keys of the global batch."""
         cfg = self.cfg
-        q = F.normalize(q.float(), dim=1)
-        k_all = F.normalize(gather(k).float(), dim=1)
+        q = F.normalize(upcast(q), dim=1)
+        k_all = F.normalize(upcast(gather(k)), dim=1)
         n, big_n = q.shape[0], k_all.shape[0]
         sims = q @ k_all.T
         is_pos = F.one_hot(torch.arange(n, device=q.device) + rank() * n, big_n).bool()

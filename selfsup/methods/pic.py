@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.core.tensors import upcast
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.rng import SharedGenerator
 from selfsup.train.distributed import gather, rank
@@ -93,7 +94,7 @@ class PIC(Method):
     def forward(self, views: list[View]) -> StepOutput:
         view = views[0]
         (h,) = self.encode([view])
-        z = self.projector(h).float()
+        z = upcast(self.projector(h))
         n, num_classes = z.shape[0], self.class_weights.shape[0]
         if self.cfg.num_negatives > 0:
             batch_classes = gather(view.index)
@@ -103,7 +104,7 @@ class PIC(Method):
             weights, target = self.class_weights[classes], torch.arange(n, device=z.device) + rank() * n
         else:
             weights, target = self.class_weights, view.index
-        loss = F.cross_entropy(cosine_logits(z, weights.float(), self.cfg.temperature), target)
+        loss = F.cross_entropy(cosine_logits(z, upcast(weights), self.cfg.temperature), target)
         return StepOutput(loss, {}, embedding=z.detach())
 
     def after_backward(self, step: int) -> None:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import ConfigError
+from selfsup.core.tensors import upcast
 from selfsup.losses.clustering import sinkhorn_knopp, swapped_prediction
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.train.distributed import gather, rank, world_size
@@ -110,7 +111,7 @@ class SwAV(Method):
         loss = swapped_prediction(scores, codes, self.cfg.temperature)
         logs = {"queue_used": torch.tensor(float(use_queue)),
                 "code_entropy": -(codes[0] * codes[0].clamp_min(1e-30).log()).sum(dim=1).mean(),
-                "score_std": scores[0].detach().float().std(dim=1).mean()}
+                "score_std": upcast(scores[0].detach()).std(dim=1).mean()}
         return StepOutput(loss, logs, embedding=embeddings[0])
 
     def _codes(self, scores: torch.Tensor, i: int, use_queue: bool) -> torch.Tensor:
@@ -119,7 +120,7 @@ class SwAV(Method):
         n = scores.shape[0]
         if use_queue:
             rows = self.queue[i].chunk(world_size())[rank()]
-            scores = torch.cat([(rows @ self.prototypes.weight.detach().T).float(), scores.float()])
+            scores = torch.cat([upcast(rows @ self.prototypes.weight.detach().T), upcast(scores)])
         return sinkhorn_knopp(scores, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-n:]
 
     @torch.no_grad()

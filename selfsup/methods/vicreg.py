@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from selfsup.config import ConfigError
+from selfsup.core.tensors import upcast
 from selfsup.losses.redundancy import vicreg_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.train.distributed import gather_with_grad
@@ -64,6 +65,6 @@ class VICReg(Method):
         c = self.cfg
         h1, h2 = self.encode(views[:2])
         z1, z2 = self.projector(h1), self.projector(h2)
-        loss, terms = vicreg_loss(gather_with_grad(z1).float(), gather_with_grad(z2).float(),
+        loss, terms = vicreg_loss(upcast(gather_with_grad(z1)), upcast(gather_with_grad(z2)),
                                   c.sim_weight, c.var_weight, c.cov_weight, c.gamma, c.eps)
         return StepOutput(loss, terms, embedding=z1.detach())

@@ -80,6 +80,7 @@ class ResNetBackbone(nn.Module):
         """The outputs C2..C5 of the four residual stages (channels ``stage_dims``; strides 4, 8,
         16, 32 with the standard stem, C5 at 16 when ``dilate_last``), e.g. for an FPN neck."""
         n = self.net
+        x = x.to(n.conv1.weight.dtype)  # float64 weights take float32 views
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         out = []
         for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
@@ -110,7 +111,7 @@ class ViTBackbone(nn.Module):
         self.num_prefix = int(getattr(self.net, "num_prefix_tokens", 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.net.forward_features(x)
+        tokens = self.net.forward_features(x.to(self.net.patch_embed.proj.weight.dtype))
         patches = tokens[:, self.num_prefix :]
         h, w = self.net.patch_embed.grid_size
         fmap = patches.transpose(1, 2).reshape(x.shape[0], self.out_dim, h, w)

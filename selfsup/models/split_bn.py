@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selfsup.core.tensors import upcast
 from selfsup.train.distributed import world_size
 
 
@@ -71,7 +72,7 @@ class SplitBatchNorm(nn.Module):
             s, n = self.local_splits(), x.shape[0]
             if n % s:
                 raise ValueError(f"SplitBatchNorm: batch {n} does not split into {s} equal sub-batches")
-            xs = x.float().reshape(s, n // s, c, -1)  # (split, sample, channel, position)
+            xs = upcast(x).reshape(s, n // s, c, -1)  # (split, sample, channel, position)
             var, mean = torch.var_mean(xs, dim=(1, 3), correction=0, keepdim=True)
             y = ((xs - mean) * torch.rsqrt(var + self.eps)).view(x.shape)
             with torch.no_grad():

@@ -46,9 +46,10 @@ class Precision:
     scaler: bool
 
 
-def choose_precision(amp: str, device: torch.device) -> Precision:
-    """``auto``: bf16 on GPUs that support it, else fp16 with loss scaling; off on CPU."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+def choose_precision(amp: str, device: torch.device, dtype: str = "float32") -> Precision:
+    """``auto``: bf16 on GPUs that support it, else fp16 with loss scaling; off on CPU and for
+    float64 weights."""
+    if amp == "off" or (amp == "auto" and (device.type != "cuda" or dtype == "float64")):
         return Precision(None, False)
     if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
         if device.type != "cuda":
@@ -131,13 +132,14 @@ class Trainer:
         self.total_steps = t.epochs * self.steps_per_epoch
 
         self.run = RunInfo(len(self.splits.train), self.steps_per_epoch, t.epochs)
-        self.method = build_method(cfg, self.run).to(self.dist.device)
+        dtype = torch.float64 if t.dtype == "float64" else torch.float32
+        self.method = build_method(cfg, self.run).to(self.dist.device, dtype)
         self.specs = view_specs(cfg, type(self.method))
         if t.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.method, self.model = wrap_model(self.method, self.dist, t.sync_bn)
         self.optimizer = build_optimizer(self.method, cfg.optim)
-        self.precision = choose_precision(t.amp, self.dist.device)
+        self.precision = choose_precision(t.amp, self.dist.device, t.dtype)
         self.scaler = torch.amp.GradScaler(enabled=self.precision.scaler)
         self.view_gen = torch.Generator().manual_seed(t.seed * 1000 + self.dist.rank)
         self.crop = build_crop(cfg.views, len(self.splits.train), t.eval_batch_size)
