@@ -32,6 +32,7 @@ import torch
 
 from selfsup.config import PretrainConfig, build_config, load_yaml, merge, parse_overrides
 from selfsup.eval.dense import DenseConfig, dense_eval, save_figure
+from selfsup.eval.online import OnlineKNN
 from selfsup.methods import METHODS
 from selfsup.train.trainer import Trainer
 
@@ -59,7 +60,7 @@ def pretrain_config(preset: Path, args: argparse.Namespace) -> PretrainConfig:
         if value is not None:
             common.setdefault(section, {})[key] = value
     overrides = {k: v for k, v in parse_overrides(args.set).items() if k not in METHODS or k == method}
-    return build_config(merge(merge(raw, common), overrides))
+    return build_config(merge(merge(raw, common), overrides), METHODS)
 
 
 def check_same_setup(configs: dict[str, PretrainConfig]) -> None:
@@ -89,7 +90,7 @@ def pretrain(cfg: PretrainConfig, reuse: bool) -> dict[str, Any]:
     if not done:
         if (out / "metrics.jsonl").is_file():
             (out / "metrics.jsonl").unlink()  # a fresh run, not appended to an old log
-        Trainer(cfg).fit()
+        Trainer(cfg, monitor=OnlineKNN()).fit()
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "summary" in r]
@@ -197,7 +198,7 @@ def main() -> None:
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
-    print(f"device: {device}; backbone {first.backbone.name} (dilate_last={first.backbone.dilate_last}); "
+    print(f"device: {device}; backbone {first.backbone.name} (output_stride={first.backbone.output_stride}); "
           f"pre-training {first.train.epochs} epochs x batch {first.train.batch_size}, {first.views.size} px crops; "
           f"IoU in %, CamVid val, last probe step")
     print(table(rows))

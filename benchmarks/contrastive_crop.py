@@ -38,14 +38,15 @@ from pathlib import Path
 import torch
 
 from selfsup.config import build_config, load_yaml, merge
-from selfsup.data import DatasetSplits, open_dataset
-from selfsup.eval.features import extract_features
+from selfsup.data import DatasetSplits, cap, open_dataset
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
+from selfsup.eval.online import OnlineKNN
 from selfsup.methods import METHODS
 from selfsup.models.backbones import build_backbone
-from selfsup.train.trainer import Trainer, cap, seed_everything
+from selfsup.train.trainer import Trainer, seed_everything
 from selfsup.views.contrastive_crop import update_due
+from selfsup.views.features import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_VIEW = ("simclr", "byol", "mocov2", "simsiam")
@@ -87,13 +88,13 @@ def config_for(method: str, crop: str, seed: int, args: argparse.Namespace, out:
                   "out_dir": str(out / f"{method}-{crop}-s{seed}"), "knn_every": 0, "progress": False,
                   "log_every": 10},
     })
-    return build_config(raw)
+    return build_config(raw, METHODS)
 
 
 def run(method: str, crop: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     cfg = config_for(method, crop, seed, args, out)
     start = time.perf_counter()
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, monitor=OnlineKNN())
     trainer.fit()
     row = {"method": method, "crop": crop, "seed": seed, "lr": cfg.optim.lr, "steps": trainer.step,
            "wall_s": time.perf_counter() - start}

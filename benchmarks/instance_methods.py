@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 
 from selfsup.config import build_config, load_yaml, merge, parse_overrides
-from selfsup.data import DatasetSplits, ImageDataset, open_dataset
-from selfsup.eval.features import extract_features
+from selfsup.data import DatasetSplits, ImageDataset, cap, open_dataset
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
+from selfsup.eval.online import OnlineKNN
 from selfsup.methods import METHODS
 from selfsup.models.backbones import build_backbone
-from selfsup.train.trainer import Trainer, cap, seed_everything
+from selfsup.train.trainer import Trainer, seed_everything
+from selfsup.views.features import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]
 PIXEL_METHODS = {"pixpro", "pixcontrast", "pixpro_instance"}
@@ -69,7 +70,7 @@ def config_for(method: str, args: argparse.Namespace, out: Path):
                   "knn_max_train": 0, "knn_max_test": 0, "progress": False, "log_every": 5},
     })
     overrides = {k: v for k, v in parse_overrides(args.set).items() if k not in METHODS or k == method}
-    return build_config(merge(raw, overrides))
+    return build_config(merge(raw, overrides), METHODS)
 
 
 def held_out(cfg, train: ImageDataset, args: argparse.Namespace) -> ImageDataset:
@@ -93,7 +94,7 @@ def eval_splits(cfg, args: argparse.Namespace) -> DatasetSplits:
 def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
     cfg = config_for(method, args, out)
     start = time.perf_counter()
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, monitor=OnlineKNN())
     if args.validation:
         trainer.splits = eval_splits(cfg, args)
     resumed = args.resume and trainer.checkpoint_path.is_file()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from selfsup.config import PretrainConfig
-from selfsup.data import open_dataset
+from selfsup.data import cap, open_dataset
 from selfsup.data.dataset import ImageDataset
 from selfsup.methods.base import Method
 from selfsup.runs import load_run
-from selfsup.train.trainer import cap, seed_everything
+from selfsup.train.trainer import seed_everything
 
 
 def splits_and_random_init(

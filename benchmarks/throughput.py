@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from selfsup.config import build_config, load_yaml, merge
+from selfsup.eval.online import OnlineKNN
+from selfsup.methods import METHODS
 from selfsup.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def bench_method(method: str, data: str, batch: int, steps: int, device: str) ->
         "train": {"batch_size": batch, "epochs": 1, "device": device, "progress": False,
                   "knn_every": 0, "out_dir": "/tmp/selfsup-throughput"},
     })
-    trainer = Trainer(build_config(raw))
+    trainer = Trainer(build_config(raw, METHODS), monitor=OnlineKNN())
     dev = trainer.dist.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     batches = trainer.splits.train.batches(batch, shuffle=True, seed=0, drop_last=True)
@@ -69,7 +71,7 @@ def bench_method(method: str, data: str, batch: int, steps: int, device: str) ->
     def ceiling_with_target() -> None:
         ceiling()
         with torch.no_grad():
-            trainer.method.target_backbone(views)
+            trainer.method.target.backbone(views)
         sync()
 
     fns = [end_to_end, ceiling] + ([ceiling_with_target] if method == "byol" else [])

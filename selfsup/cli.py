@@ -11,11 +11,13 @@ from typing import Any
 import torch
 
 from selfsup.config import ConfigError, build_config, load_yaml, merge, parse_overrides
+from selfsup.core.errors import CheckpointError
 from selfsup.data import DataError, open_dataset
-from selfsup.train.checkpoint import CheckpointError
+from selfsup.methods import METHODS
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from selfsup.eval.online import OnlineKNN
     from selfsup.train.trainer import Trainer
 
     raw: dict[str, Any] = load_yaml(args.config) if args.config else {}
@@ -32,10 +34,10 @@ def _pretrain(args: argparse.Namespace) -> int:
                 raw = merge(raw, {key: value})
         elif value is not None:
             raw[key] = value
-    cfg = build_config(merge(raw, parse_overrides(args.set)))
+    cfg = build_config(merge(raw, parse_overrides(args.set)), METHODS)
     if not cfg.data.path:
         raise ConfigError("no data given: pass --data <folder | archive | cifar10>")
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, monitor=OnlineKNN())
     try:
         result = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
@@ -57,9 +59,9 @@ def _device(args: argparse.Namespace) -> torch.device:
 
 
 def _load_features(args: argparse.Namespace):
-    from selfsup.eval.features import extract_features
+    from selfsup.data import cap
     from selfsup.runs import load_run
-    from selfsup.train.trainer import cap
+    from selfsup.views.features import extract_features
 
     cfg, method = load_run(args.checkpoint, random_init=args.random_init)
     device = _device(args)
@@ -170,8 +172,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _methods(_: argparse.Namespace) -> int:
-    from selfsup.methods import METHODS
-
     width = max(map(len, METHODS))
     for name, cls in METHODS.items():
         print(f"{name:<{width}}  {cls.description}")
@@ -179,7 +179,7 @@ def _methods(_: argparse.Namespace) -> int:
 
 
 def _views_preview(args: argparse.Namespace) -> int:
-    from selfsup.views.preview import write_preview
+    from selfsup.eval.preview import write_preview
 
     out = write_preview(args.crop, args.out, args.checkpoint, args.data, args.n, args.crops, args.seed, args.device)
     print(f"preview written to {out}")

@@ -4,7 +4,10 @@ A pre-training run is described by one :class:`PretrainConfig`. Its YAML form ha
 section per dataclass (``backbone``, ``data``, ``views``, ``optim``, ``train``) plus one
 section named after the method holding that method's own dataclass (e.g. ``simclr:``).
 Unknown keys are rejected with the closest valid name; values are checked against the
-field's type.
+field's type, its choices (``Literal``) and its range (``selfsup.core.checks``), and the
+method's own checks run too, all before any data is opened. The method table is handed in
+by the caller (``build_config(raw, METHODS)``): this module sits below the trainer and knows
+no method.
 """
 
 from __future__ import annotations
@@ -13,22 +16,32 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 
+from selfsup.core.checks import (
+    Checked,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    Range,
+    UnitInterval,
+    check_choice,
+    choices_of,
+    field_hints,
+)
+from selfsup.core.errors import ConfigError
 from selfsup.models.backbones import BackboneConfig
-from selfsup.views.recipes import IMAGENET_MEAN, IMAGENET_STD
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message is one line naming it."""
+from selfsup.views.config import ViewsConfig
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """Where the images come from (see ``selfsup.data.open_dataset``).
 
     max_images / max_test_images: use a fixed random subset of that many images (0 = all).
@@ -36,96 +49,95 @@ class DataConfig:
     shuffle per epoch (``selfsup.data.order.sliding_window_order``); null: epoch order.
     """
 
+    section: ClassVar[str] = "data"
+
     path: str = ""
-    max_images: int = 0
-    max_test_images: int = 0
-    load_size: int | None = None
-    memory_limit_gb: float = 8.0
-    num_workers: int = 4
-    sliding_window: tuple[int, int] | None = None
+    max_images: NonNegativeInt = 0
+    max_test_images: NonNegativeInt = 0
+    load_size: PositiveInt | None = None
+    memory_limit_gb: NonNegative = 8.0
+    num_workers: NonNegativeInt = 4
+    sliding_window: tuple[PositiveInt, PositiveInt] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sliding_window is not None and not self.sliding_window[1] <= self.sliding_window[0]:
+            raise ConfigError(f"data.sliding_window must be [size, stride] with 0 < stride <= size, "
+                              f"got {list(self.sliding_window)}")
 
 
 @dataclass
-class ViewsConfig:
-    """Augmented views. ``recipe`` empty means the method's own recipe.
+class OptimConfig(Checked):
+    """Optimiser and per-step schedules.
 
-    Multi-crop (SwAV, DINO): ``local_crops`` extra low-resolution views of ``local_size``
-    pixels with crop area in ``local_scale``, photometrically like the recipe's last view;
-    ``size`` and ``scale`` then describe the global views.
-
-    Crop sampler (``selfsup.views.contrastive_crop``), for every view of any method:
-    ``crop`` is ``random`` (random-resized crop), ``contrastive`` (ContrastiveCrop: crops
-    placed around a per-image object box with Beta(``crop_alpha``, ``crop_alpha``) offsets;
-    boxes from the encoder's heat map thresholded at ``crop_threshold``, plain random crops
-    for ``crop_warmup_epochs`` epochs, boxes recomputed every ``crop_interval`` epochs) or
-    ``fixed-center`` (the centred crop of area fraction max(scale), no randomness).
+    lr is the absolute peak learning rate for the configured global batch size; it is reached
+    after ``warmup_epochs`` of linear warm-up from ``warmup_start_factor * lr``, then follows
+    ``schedule``: ``cosine`` down to ``min_lr``, ``poly`` (``min_lr + (lr - min_lr)(1 - t)^power``,
+    ``poly_power`` 0.9 as DeepLab / MaskContrast) or ``constant``.
+    Weight decay skips norms, biases and whatever the backbone's ``no_weight_decay()`` names (a
+    timm ViT's position embedding and CLS token); with ``weight_decay_end`` it follows a cosine
+    from ``weight_decay`` to that value per step (DINO's ViT recipe: 0.04 -> 0.4), else it stays
+    constant. ``layer_decay`` < 1: layer-wise learning-rate decay (BEiT / MAE fine-tuning): the
+    backbone's layer i of L gets ``lr * layer_decay^(L + 1 - i)``, the heads the full lr.
+    ``lars_clip``: LARS in LARC's clipping mode (``trust_coefficient`` caps each layer's relative
+    step instead of scaling it; see :class:`selfsup.train.optim.LARS`).
     """
 
-    recipe: str = ""
-    size: int = 224
-    scale: tuple[float, float] = (0.08, 1.0)
-    blur: bool = True
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    local_crops: int = 0
-    local_size: int = 96
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    crop: str = "random"
-    crop_alpha: float = 0.6
-    crop_threshold: float = 0.1
-    crop_warmup_epochs: int = 100
-    crop_interval: int = 100
+    section: ClassVar[str] = "optim"
 
-
-@dataclass
-class OptimConfig:
-    """Optimiser and learning-rate schedule (linear warm-up, then cosine per step).
-
-    lr is the absolute peak learning rate for the configured global batch size.
-    Norm and bias parameters never get weight decay (nor LARS adaptation). ``lars_clip``:
-    LARS in LARC's clipping mode (``trust_coefficient`` caps each layer's relative step
-    instead of scaling it; see :class:`selfsup.train.optim.LARS`).
-    """
-
-    name: str = "sgd"
-    lr: float = 0.3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    trust_coefficient: float = 0.001
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: Positive = 0.3
+    weight_decay: NonNegative = 1e-6
+    weight_decay_end: NonNegative | None = None
+    momentum: UnitInterval = 0.9
+    betas: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.9, 0.999)
+    trust_coefficient: Positive = 0.001
     lars_clip: bool = False
-    warmup_epochs: float = 10.0
-    warmup_start_factor: float = 0.0
-    min_lr: float = 0.0
-    grad_clip: float = 0.0
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    poly_power: Positive = 0.9
+    warmup_epochs: NonNegative = 10.0
+    warmup_start_factor: UnitInterval = 0.0
+    min_lr: NonNegative = 0.0
+    grad_clip: NonNegative = 0.0
+    layer_decay: Annotated[float, Range(gt=0, le=1)] = 1.0
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """The training loop. ``batch_size`` is the GLOBAL batch over all ranks and
     accumulation steps; each step sees batch_size / (world_size * accum_steps) images per
     rank per forward pass. ``dtype``: the precision of the weights; ``float64`` (no AMP) is for
     exact comparisons, e.g. the golden trajectories of the tests, where float32 round-off,
     amplified by batch norm over a few images, would differ between CPUs."""
 
-    epochs: int = 100
-    batch_size: int = 256
-    accum_steps: int = 1
+    section: ClassVar[str] = "train"
+
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 256
+    accum_steps: PositiveInt = 1
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"
-    dtype: str = "float32"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
     channels_last: bool = True
     sync_bn: bool = False
     out_dir: str = "runs/run"
-    log_every: int = 10
-    knn_every: int = 1
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    knn_max_train: int = 10000
-    knn_max_test: int = 2000
-    eval_batch_size: int = 512
+    log_every: PositiveInt = 10
+    knn_every: NonNegativeInt = 1
+    knn_k: PositiveInt = 200
+    knn_temperature: Positive = 0.1
+    knn_max_train: NonNegativeInt = 10000
+    knn_max_test: NonNegativeInt = 2000
+    eval_batch_size: PositiveInt = 512
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(f"train.batch_size {self.batch_size} is not divisible by train.accum_steps "
+                              f"{self.accum_steps}")
+        if self.dtype == "float64" and self.amp in ("bf16", "fp16"):
+            raise ConfigError(f"train.amp={self.amp} cannot be combined with train.dtype=float64; use amp: off")
 
 
 @dataclass
@@ -150,12 +162,6 @@ class PretrainConfig:
 
 
 SECTIONS = ("backbone", "data", "views", "optim", "train")
-ALLOWED_CHOICES = {
-    ("optim", "name"): ("sgd", "lars", "adamw"),
-    ("train", "amp"): ("auto", "bf16", "fp16", "off"),
-    ("train", "dtype"): ("float32", "float64"),
-    ("views", "crop"): ("random", "contrastive", "fixed-center"),
-}
 
 
 def _plain(obj: Any) -> Any:
@@ -163,6 +169,8 @@ def _plain(obj: Any) -> Any:
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple | list):
         return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
     return obj
 
 
@@ -172,7 +180,14 @@ def _suggest(name: str, options: list[str]) -> str:
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert a YAML value to the annotated type ``tp``."""
+    """Check/convert a YAML value to the annotated type ``tp`` (ranges are checked by the
+    dataclass itself, see ``selfsup.core.checks.Checked``)."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    choices = choices_of(tp)
+    if choices is not None:
+        check_choice(where, value, choices)
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -196,6 +211,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         item_types = args if origin is tuple and args and args[-1] is not Ellipsis else [args[0]] * len(value)
         items = [_convert(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_types, strict=True))]
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping of names to values, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -225,16 +246,13 @@ def build_dataclass(cls: type, values: dict[str, Any] | None, where: str) -> Any
     values = values or {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    hints = field_hints(cls)
+    names = list(hints)
     kwargs = {}
     for key, value in values.items():
         if key not in names:
             raise ConfigError(f"unknown config key '{where}.{key}'{_suggest(key, names)}")
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
-        choices = ALLOWED_CHOICES.get((where, key))
-        if choices and kwargs[key] not in choices:
-            raise ConfigError(f"{where}.{key}: {kwargs[key]!r} is not one of {', '.join(choices)}")
     return cls(**kwargs)
 
 
@@ -278,53 +296,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(raw: dict[str, Any]) -> PretrainConfig:
-    """Build and validate a PretrainConfig from a nested dict (preset merged with overrides)."""
-    from selfsup.methods import METHODS
+def build_config(raw: dict[str, Any], methods: Mapping[str, Any]) -> PretrainConfig:
+    """Build and validate a PretrainConfig from a nested dict (preset merged with overrides).
 
+    methods: the method table (``selfsup.methods.METHODS``: name -> class with a ``Config``
+    dataclass and a ``check_config(cfg)`` classmethod for checks across sections). Every
+    check runs here, before any data is opened.
+    """
     method = raw.get("method", "simclr")
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}{_suggest(str(method), list(METHODS))}")
+    if method not in methods:
+        raise ConfigError(f"unknown method {method!r}{_suggest(str(method), list(methods))}")
     top = [*SECTIONS, "method", method]
     for key in raw:
         if key not in top:
-            if key in METHODS:
+            if key in methods:
                 raise ConfigError(f"config section '{key}' belongs to method {key!r}, but method is {method!r}")
             raise ConfigError(f"unknown config key '{key}'{_suggest(key, top)}")
+    defaults = PretrainConfig()
     cfg = PretrainConfig(
         method=method,
-        **{s: build_dataclass(type(getattr(PretrainConfig(), s)), raw.get(s), s) for s in SECTIONS},
-        params=build_dataclass(METHODS[method].Config, raw.get(method), method),
+        **{s: build_dataclass(type(getattr(defaults, s)), raw.get(s), s) for s in SECTIONS},
+        params=build_dataclass(methods[method].Config, raw.get(method), method),
     )
-    validate(cfg)
+    methods[method].check_config(cfg)
     return cfg
-
-
-def validate(cfg: PretrainConfig) -> None:
-    """Cross-field checks that a type check cannot express."""
-    t = cfg.train
-    for name in ("epochs", "batch_size", "accum_steps"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    if t.dtype == "float64" and t.amp in ("bf16", "fp16"):
-        raise ConfigError(f"train.amp={t.amp} cannot be combined with train.dtype=float64; use amp: off")
-    if t.batch_size % t.accum_steps:
-        raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by train.accum_steps {t.accum_steps}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
-    if cfg.data.sliding_window is not None and not 0 < cfg.data.sliding_window[1] <= cfg.data.sliding_window[0]:
-        raise ConfigError(f"data.sliding_window must be [size, stride] with 0 < stride <= size, "
-                          f"got {list(cfg.data.sliding_window)}")
-    if cfg.views.size < 8:
-        raise ConfigError(f"views.size must be >= 8 pixels, got {cfg.views.size}")
-    lo, hi = cfg.views.scale
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f"views.scale must satisfy 0 < min <= max <= 1, got {list(cfg.views.scale)}")
-    v = cfg.views
-    if v.crop_alpha <= 0:
-        raise ConfigError(f"views.crop_alpha must be > 0, got {v.crop_alpha}")
-    if not 0 <= v.crop_threshold < 1:
-        raise ConfigError(f"views.crop_threshold must be in [0, 1), got {v.crop_threshold}")
-    if v.crop_warmup_epochs < 0 or v.crop_interval < 1:
-        raise ConfigError(f"views.crop_warmup_epochs must be >= 0 and views.crop_interval >= 1, "
-                          f"got {v.crop_warmup_epochs} and {v.crop_interval}")

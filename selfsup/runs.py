@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfsup.config import PretrainConfig, build_config
-from selfsup.methods import Method, RunInfo, build_method
+from selfsup.methods import METHODS, Method, RunInfo, build_method
 from selfsup.train import checkpoint as ckpt
 
 
@@ -19,7 +19,7 @@ def load_run(path: str | Path, random_init: bool = False) -> tuple[PretrainConfi
     """The run's config and method with trained weights (or, with ``random_init``, the same
     architecture freshly initialised: the baseline every evaluation should be compared to)."""
     state = ckpt.load(checkpoint_file(path))
-    cfg = build_config(state["config"])
+    cfg = build_config(state["config"], METHODS)
     method = build_method(cfg, RunInfo(**state.get("run", {})))
     if not random_init:
         method.load_state_dict(state["method"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from selfsup.data import open_dataset
-from selfsup.views.recipes import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.views.config import IMAGENET_MEAN, IMAGENET_STD
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10.tar.gz"

@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 
 from selfsup.config import ConfigError, build_config, load_yaml, merge, parse_overrides
+from selfsup.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_builds_and_round_trips(preset):
-    cfg = build_config(load_yaml(preset))
-    again = build_config(cfg.to_dict())
+    cfg = build_config(load_yaml(preset), METHODS)
+    again = build_config(cfg.to_dict(), METHODS)
     assert again.to_dict() == cfg.to_dict()
 
 
@@ -20,7 +21,7 @@ def test_overrides_are_typed_and_merged():
     raw = merge(load_yaml(ROOT / "configs/cifar10/simclr.yaml"),
                 parse_overrides(["optim.lr=0.25", "train.epochs=3", "simclr.temperature=0.2",
                                  "views.scale=[0.3, 1]", "data.load_size=null", "optim.weight_decay=1e-6"]))
-    cfg = build_config(raw)
+    cfg = build_config(raw, METHODS)
     assert cfg.optim.lr == 0.25 and cfg.train.epochs == 3 and cfg.params.temperature == 0.2
     assert cfg.optim.weight_decay == 1e-6  # YAML 1.1 reads "1e-6" as a string; still a number
     assert cfg.views.scale == (0.3, 1.0) and cfg.data.load_size is None
@@ -46,7 +47,7 @@ def test_overrides_are_typed_and_merged():
 )
 def test_bad_config_gives_one_line_error(raw, message):
     with pytest.raises(ConfigError) as e:
-        build_config(raw)
+        build_config(raw, METHODS)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
 

@@ -14,12 +14,14 @@ from scipy.special import betainc
 
 from selfsup.cli import main
 from selfsup.config import ConfigError, build_config
+from selfsup.core.errors import CheckpointError
 from selfsup.data import open_dataset
+from selfsup.methods import METHODS
 from selfsup.models.backbones import BackboneConfig, build_backbone
 from selfsup.train import trainer as trainer_mod
-from selfsup.train.checkpoint import CheckpointError
 from selfsup.views import contrastive_crop as cc
 from selfsup.views.boxes import flip_boxes, normalize_boxes
+from selfsup.views.config import CIFAR10_MEAN, CIFAR10_STD
 from selfsup.views.contrastive_crop import (
     ContrastiveCrop,
     FixedCenterCrop,
@@ -29,7 +31,7 @@ from selfsup.views.contrastive_crop import (
     update_due,
 )
 from selfsup.views.preview import BOX_COLOUR
-from selfsup.views.recipes import CIFAR10_MEAN, CIFAR10_STD, RECIPES, eval_view, make_views
+from selfsup.views.recipes import RECIPES, eval_view, make_views
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 20000  # draws for the sampling statistics
@@ -207,20 +209,21 @@ def test_schedule_warmup_interval_and_last_epoch():
 
 
 def test_config_selects_the_crop_and_rejects_bad_values():
-    cfg = build_config({"views": {"crop": "contrastive", "crop_alpha": 0.1, "crop_warmup_epochs": 1}})
+    cfg = build_config({"views": {"crop": "contrastive", "crop_alpha": 0.1, "crop_warmup_epochs": 1}}, METHODS)
     crop = cc.build_crop(cfg.views, 10, 64)
     assert isinstance(crop, ContrastiveCrop) and crop.alpha == 0.1 and crop.warmup_epochs == 1
     assert crop.interval == 100 and crop.threshold == 0.1  # defaults
     assert torch.equal(crop.boxes, torch.tensor([[0.0, 0, 1, 1]]).repeat(10, 1))
-    assert cc.build_crop(build_config({}).views, 10, 64) is None
-    assert isinstance(cc.build_crop(build_config({"views": {"crop": "fixed-center"}}).views, 10, 64), FixedCenterCrop)
+    assert cc.build_crop(build_config({}, METHODS).views, 10, 64) is None
+    fixed = build_config({"views": {"crop": "fixed-center"}}, METHODS).views
+    assert isinstance(cc.build_crop(fixed, 10, 64), FixedCenterCrop)
     bad = [({"crop": "contrastiv"}, "views.crop: 'contrastiv' is not one of random, contrastive, fixed-center"),
            ({"crop_threshold": 1.0}, "views.crop_threshold must be in [0, 1)"),
            ({"crop_alpha": 0}, "views.crop_alpha must be > 0"),
-           ({"crop_interval": 0}, "views.crop_interval >= 1")]
+           ({"crop_interval": 0}, "views.crop_interval must be >= 1, got 0")]
     for views, message in bad:
         with pytest.raises(ConfigError, match=re.escape(message)):
-            build_config({"views": views})
+            build_config({"views": views}, METHODS)
     with pytest.raises(CheckpointError, match="do not fit a dataset of 10 images"):
         crop.load_state_dict({"boxes": torch.zeros(9, 4)})
 
@@ -229,7 +232,7 @@ def test_config_selects_the_crop_and_rejects_bad_values():
 
 
 # 32 px with a dilated last stage: 2x2 feature maps, so heat maps have structure
-RUN = ["backbone.cifar_stem=false", "backbone.dilate_last=true", "views.crop=contrastive",
+RUN = ["backbone.cifar_stem=false", "backbone.output_stride=16", "views.crop=contrastive",
        "views.crop_warmup_epochs=1", "views.crop_interval=1", "views.crop_threshold=0.5", "train.knn_every=0",
        "train.progress=false", "optim.warmup_epochs=1"]
 

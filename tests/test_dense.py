@@ -240,7 +240,7 @@ def test_probe_learns_classes_encoded_in_colour():
     ("cfg", "shape"),
     [
         (BackboneConfig("resnet18"), (512, 2, 3)),  # output stride 32
-        (BackboneConfig("resnet18", dilate_last=True), (512, 4, 5)),  # output stride 16
+        (BackboneConfig("resnet18", output_stride=16), (512, 4, 5)),  # output stride 16
         (BackboneConfig("vit_tiny_patch16_224", img_size=32), (192, 2, 2)),  # patch tokens, input 32x32
     ],
 )

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from ddp_helpers import free_port, join_gloo
 
 from selfsup.config import build_config
-from selfsup.methods import build_method
+from selfsup.methods import METHODS, build_method
 from selfsup.train.distributed import DistInfo, wrap_model
 from selfsup.views.view import View
 
@@ -25,7 +25,7 @@ PER_RANK = 6
 def _config(method: str):
     small_heads = {"simclr": {"proj_hidden": 64, "proj_dim": 32},
                    "byol": {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 64}}
-    return build_config({"method": method, "backbone": {"name": "resnet18"}, method: small_heads[method]})
+    return build_config({"method": method, "backbone": {"name": "resnet18"}, method: small_heads[method]}, METHODS)
 
 
 def _views(images: torch.Tensor, sl: slice) -> list[View]:

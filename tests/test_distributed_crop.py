@@ -10,13 +10,13 @@ from ddp_helpers import free_port, join_gloo
 
 from selfsup.data import open_dataset
 from selfsup.models.backbones import BackboneConfig, build_backbone
+from selfsup.views.config import CIFAR10_MEAN, CIFAR10_STD
 from selfsup.views.contrastive_crop import ContrastiveCrop
-from selfsup.views.recipes import CIFAR10_MEAN, CIFAR10_STD
 
 WORLD = 2
 NUM_IMAGES = 13  # odd: shards of 7 and 6 images
 # 32 px through a ResNet-18 with a dilated last stage: 2x2 heat maps, k = 0.5 for varied boxes
-BACKBONE = BackboneConfig("resnet18", dilate_last=True)
+BACKBONE = BackboneConfig("resnet18", output_stride=16)
 
 
 def _crop() -> ContrastiveCrop:

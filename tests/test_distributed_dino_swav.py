@@ -13,7 +13,7 @@ from ddp_helpers import free_port, join_gloo
 
 from selfsup.config import build_config
 from selfsup.losses.clustering import sinkhorn_knopp
-from selfsup.methods import build_method
+from selfsup.methods import METHODS, build_method
 from selfsup.train.distributed import DistInfo, wrap_model
 from selfsup.views.view import View
 
@@ -29,7 +29,7 @@ PARAMS = {"dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "warmu
 
 
 def _method(name: str):
-    return build_method(build_config({"method": name, "backbone": {"name": "resnet18"}, name: PARAMS[name]}))
+    return build_method(build_config({"method": name, "backbone": {"name": "resnet18"}, name: PARAMS[name]}, METHODS))
 
 
 def _views(crops: list[torch.Tensor], sl: slice) -> list[View]:

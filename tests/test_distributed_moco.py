@@ -15,7 +15,7 @@ from ddp_helpers import free_port, join_gloo
 
 from selfsup.config import build_config
 from selfsup.data import ImageDataset
-from selfsup.methods import build_method
+from selfsup.methods import METHODS, build_method
 from selfsup.methods.moco import batch_shuffle, batch_unshuffle
 from selfsup.train.distributed import DistInfo, wrap_model
 from selfsup.views.view import View
@@ -32,13 +32,13 @@ SMALL = {
 
 
 def _build(name: str, **options):
-    cfg = build_config({"method": name, "backbone": {"name": "resnet18"}, name: {**SMALL[name], **options}})
+    cfg = build_config({"method": name, "backbone": {"name": "resnet18"}, name: {**SMALL[name], **options}}, METHODS)
     return build_method(cfg)
 
 
 def _initial_queue(method: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The queue after ``queue_init: keys`` over the 8 images of view 0 (20 rows: 2.5 passes)."""
-    method.on_fit_start(ImageDataset.from_tensors(images[0]), build_config({"method": "mocov2"}).views,
+    method.on_fit_start(ImageDataset.from_tensors(images[0]), build_config({"method": "mocov2"}, METHODS).views,
                         torch.device("cpu"))
     return method.queue.clone()
 

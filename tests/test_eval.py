@@ -7,10 +7,10 @@ import torch
 
 from selfsup.config import BackboneConfig
 from selfsup.data import open_dataset
-from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy, knn_predict
 from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
 from selfsup.models.backbones import build_backbone
+from selfsup.views.features import extract_features
 
 
 def test_knn_weighted_vote_by_hand():

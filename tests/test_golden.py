@@ -47,7 +47,7 @@ METHODS = {
                       "freeze_prototypes_epochs": 0}},
     "pixpro": {"optim": {"name": "lars", "lr": 0.1, "weight_decay": 1e-5, "warmup_epochs": 0.5,
                          "warmup_start_factor": 0.01, "min_lr": 1e-6},
-               "backbone": {"zero_init_residual": True, "dilate_last": True},
+               "backbone": {"zero_init_residual": True, "output_stride": 16},
                "views": {"size": 32},  # a 2 x 2 feature map: pairs at and beyond the threshold
                "pixpro": {"proj_hidden": 64, "proj_dim": 32, "base_momentum": 0.9}},
 }
@@ -66,10 +66,11 @@ def raw_config(method: str, data: Path, out: Path) -> dict:
 def trajectory(method: str, data: Path, out: Path) -> list[float]:
     """The logged loss of every step of a one-epoch, 20-step run."""
     from selfsup.config import build_config
+    from selfsup.methods import METHODS
     from selfsup.train.trainer import Trainer
 
     torch.set_num_threads(2)
-    Trainer(build_config(raw_config(method, data, out))).fit()
+    Trainer(build_config(raw_config(method, data, out), METHODS)).fit()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if "loss" in r]
 

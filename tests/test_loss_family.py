@@ -30,10 +30,11 @@ from selfsup.losses.contrastive import (
     pair_loss,
     simclr_pairs,
 )
-from selfsup.methods import build_method
+from selfsup.methods import METHODS, build_method
 from selfsup.methods.simclr import ProjectedBackbone
 from selfsup.train.distributed import DistInfo, wrap_model
-from selfsup.views.recipes import CIFAR10_MEAN, CIFAR10_STD, RECIPES
+from selfsup.views.config import CIFAR10_MEAN, CIFAR10_STD
+from selfsup.views.recipes import RECIPES
 from selfsup.views.view import View
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +268,7 @@ def test_simclr_pairs_rank_slices_are_rows_of_the_full_batch():
 def _simclr(cifar_stem=False, **params):
     base = {"proj_hidden": 32, "proj_dim": 16}
     return build_config({"method": "simclr", "backbone": {"name": "resnet18", "cifar_stem": cifar_stem},
-                         "simclr": {**base, **params}})
+                         "simclr": {**base, **params}}, METHODS)
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,10 @@ from selfsup.config import ConfigError, build_config, load_yaml, merge
 from selfsup.data import open_dataset
 from selfsup.losses.clustering import sinkhorn_knopp, swapped_prediction
 from selfsup.losses.distillation import dino_loss
-from selfsup.methods import RunInfo, build_method
+from selfsup.methods import METHODS, RunInfo, build_method
 from selfsup.methods.base import embedding_std
 from selfsup.methods.dino import teacher_temperature
-from selfsup.train.trainer import view_specs
-from selfsup.views.recipes import make_views
+from selfsup.views.recipes import make_views, view_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16},
@@ -32,7 +31,7 @@ def _config(method: str, **params):
     raw = merge(load_yaml(ROOT / f"configs/cifar10/{method}.yaml"),
                 {"backbone": {"cifar_stem": False}, "views": {"local_crops": 2, "local_size": 16},
                  method: {**SMALL[method], **params}})
-    return build_config(raw)
+    return build_config(raw, METHODS)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +51,8 @@ def cifar_batch(cifar_subset):
 
 
 def _views(cfg, method, batch, seed=0):
-    return make_views(batch.images, batch.sizes, view_specs(cfg, type(method)), torch.Generator().manual_seed(seed))
+    specs = view_specs(cfg.views, type(method).recipe)
+    return make_views(batch.images, batch.sizes, specs, torch.Generator().manual_seed(seed))
 
 
 def _train(method, views, steps, lr=0.05, first_step=0):
@@ -155,7 +155,7 @@ def test_dino_centre_is_ema_of_teacher_batch_mean(cifar_batch):
     expected = torch.zeros(1, cfg.params.out_dim)
     for _ in range(2):
         with torch.no_grad():
-            teacher = method.teacher_head(torch.cat(method.encode(views[:2], method.teacher_backbone)))
+            teacher = method.teacher.head(torch.cat(method.encode(views[:2], method.teacher.backbone)))
             out = method(views)
         # the collapse monitor: the teacher's entropy under the centre used by the loss, KL the rest
         p_t = torch.softmax((teacher - expected) / 0.04, dim=1)
@@ -212,7 +212,7 @@ def test_swav_queue_used_only_from_start_epoch_once_full(cifar_batch):
     cfg = _config("swav", queue_length=16, epoch_queue_starts=1)  # 16 rows = one batch of 16
     method = build_method(cfg, run)
     plain = build_method(_config("swav", queue_length=0), run)
-    plain.load_state_dict({k: v for k, v in method.state_dict().items() if k != "queue"}, strict=False)
+    plain.load_state_dict({k: v for k, v in method.state_dict().items() if not k.startswith("queue.")}, strict=False)
     used, same = [], []
     with torch.no_grad():
         for step in range(4):  # new views every step (a queue of the same batch's rows changes no code)
@@ -221,12 +221,12 @@ def test_swav_queue_used_only_from_start_epoch_once_full(cifar_batch):
             used.append(out.logs["queue_used"].item())
             same.append(torch.allclose(out.loss, ref.loss))
             if step < 2:  # epoch 0: the queue is not even filled
-                assert method.counters[1].item() == 0 and method.queue.abs().sum() == 0
+                assert method.queue.num_filled == 0 and method.queue.rows.abs().sum() == 0
             method.on_step(step + 1, 8)
             plain.on_step(step + 1, 8)
     # epoch 1 starts at step 2: filled there, used from step 3 on
     assert used == [0, 0, 0, 1] and same == [True, True, True, False]
-    assert torch.allclose(method.queue[0], out.embedding)  # newest rows: the last batch's view 1
+    assert torch.allclose(method.queue.rows[:, 0], out.embedding)  # the queue of one batch: the last batch's view 1
     # a resumed method reads its counters from the checkpoint and continues with the queue
     fresh = build_method(cfg, run)
     fresh.load_state_dict(method.state_dict())
@@ -274,7 +274,7 @@ def test_short_run_on_real_cifar_multicrop_learns_without_collapse(name, cifar_b
     ("dino", "student_temp", 0.0, "dino.student_temp must be > 0, got 0.0"),
     ("swav", "epsilon", -0.05, "swav.epsilon must be > 0, got -0.05"),
     ("swav", "epsilon", 0.01, "swav.epsilon 0.01 is below 0.0114"),
-    ("swav", "queue_length", -1, "swav.queue_length -1 must be >= 0"),
+    ("swav", "queue_length", -1, "swav.queue_length must be >= 0, got -1"),
 ])
 def test_bad_method_values_name_the_key(name, key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -303,5 +303,5 @@ def test_cli_pretrain_with_preset_and_local_crops(name, cifar_subset, tmp_path, 
         assert [r["teacher_temp"] for r in steps] == pytest.approx([0.04] * 3)
     else:  # 32 rows per step: the 64-row queue is full after step 2 and used at step 3
         assert [r["queue_used"] for r in steps] == [0, 0, 1]
-        assert state["method"]["counters"].tolist() == [3, 64]
+        assert state["method"]["steps"].item() == 3 and state["method"]["queue.filled"].item() == 64
     assert 0 <= json.loads((tmp_path / "knn.json").read_text())["knn_top1"] <= 1

@@ -14,7 +14,7 @@ from selfsup.data import DataError, ImageDataset, open_dataset
 from selfsup.data.order import epoch_order, sliding_window_order
 from selfsup.losses.contrastive import nce
 from selfsup.losses.instance import invariant_spreading
-from selfsup.methods import RunInfo, build_method
+from selfsup.methods import METHODS, RunInfo, build_method
 from selfsup.methods.base import embedding_std
 from selfsup.methods.exemplar import surrogate_classes
 from selfsup.methods.instdisc import init_bank, update_bank
@@ -97,7 +97,7 @@ def test_instdisc_bank_from_the_networks_own_features(cifar_subset):
     train = open_dataset(cifar_subset(10, 0)).train  # 100 real images, uint8
     cfg = build_config({"method": "instdisc", "backbone": {"name": "resnet18"},
                         "views": {"size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]},
-                        "instdisc": {"num_negatives": 64, "bank_init": "features"}})
+                        "instdisc": {"num_negatives": 64, "bank_init": "features"}}, METHODS)
     torch.manual_seed(0)
     method = build_method(cfg, RunInfo(100))
     random_bank = method.bank.clone()
@@ -205,7 +205,7 @@ def _cfg(method: str, **params):
     small = {"instdisc": {"num_negatives": 64}, "invaspread": {},
              "pic": {"proj_hidden": 64, "num_negatives": 16}, "exemplar": {}}
     return build_config({"method": method, "backbone": {"name": "resnet18"},
-                         method: {**small[method], **params}})
+                         method: {**small[method], **params}}, METHODS)
 
 
 def _views(x: torch.Tensor, index: torch.Tensor) -> list[View]:
@@ -308,8 +308,8 @@ def test_sliding_window_order():
     with pytest.raises(DataError, match="sliding_window"):
         sliding_window_order(n, 60, 5, seed=0, epoch=0)
     with pytest.raises(ConfigError, match=r"data\.sliding_window"):
-        build_config({"method": "pic", "data": {"sliding_window": [10, 20]}})
-    assert build_config({"data": {"sliding_window": [20, 5]}}).data.sliding_window == (20, 5)
+        build_config({"method": "pic", "data": {"sliding_window": [10, 20]}}, METHODS)
+    assert build_config({"data": {"sliding_window": [20, 5]}}, METHODS).data.sliding_window == (20, 5)
 
 
 # ----------------------------------------------------------------------------- CLI

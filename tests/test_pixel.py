@@ -18,13 +18,13 @@ from selfsup.cli import main
 from selfsup.config import ConfigError, build_config
 from selfsup.data import open_dataset
 from selfsup.losses.pixel import bin_centres, bin_diagonal, pixcontrast_loss, pixpro_loss, positive_pairs
-from selfsup.methods import build_method
-from selfsup.methods.base import momentum_schedule
+from selfsup.methods import METHODS, build_method
 from selfsup.models.backbones import BackboneConfig, build_backbone
 from selfsup.models.ppm import PPM, propagate
 from selfsup.train.optim import build_optimizer
 from selfsup.views.boxes import flip_boxes, normalize_boxes
-from selfsup.views.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES, make_views
+from selfsup.views.config import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.views.recipes import RECIPES, make_views
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
@@ -180,28 +180,7 @@ def _tiny_config(method: str, backbone: dict | None = None, **params) -> object:
         "backbone": {"name": "resnet18", "zero_init_residual": True, **(backbone or {})},
         "optim": {"lr": 0.05, "weight_decay": 0.0},
         method: {"proj_hidden": 32, "proj_dim": 16, **params},
-    })
-
-
-def test_momentum_schedule_endpoints_and_ema_update():
-    assert momentum_schedule(0.99, 0, 100) == pytest.approx(0.99)
-    assert momentum_schedule(0.99, 50, 100) == pytest.approx(0.995)
-    assert momentum_schedule(0.99, 100, 100) == 1.0
-    m = build_method(_tiny_config("pixpro", instance_weight=1.0, inst_hidden=16, inst_dim=8))
-    online = [m.backbone.net.conv1.weight, m.projector[0].weight, m.instance_projector[0].weight]
-    target = [m.target_backbone.net.conv1.weight, m.target_projector[0].weight,
-              m.target_instance_projector[0].weight]
-    assert all(not t.requires_grad and torch.equal(t, o) for t, o in zip(target, online, strict=True))
-    with torch.no_grad():
-        for p in online:
-            p.add_(1.0)
-    before = [t.clone() for t in target]
-    m.on_step(1, 100)  # the first update uses m_0
-    assert m.momentum == pytest.approx(0.99)
-    for t, b, o in zip(target, before, online, strict=True):
-        assert torch.allclose(t, 0.99 * b + 0.01 * o)
-    m.on_step(101, 100)
-    assert m.momentum == 1.0
+    }, METHODS)
 
 
 # ---------------------------------------------------------------- real data
@@ -254,9 +233,9 @@ def test_byol_recipe_is_pixpros_views(mini_camvid):
 @pytest.mark.parametrize(
     ("method", "backbone", "params", "cells"),
     [
-        ("pixpro", {"dilate_last": True}, {}, 16),
-        ("pixcontrast", {"dilate_last": True}, {}, 16),
-        ("pixpro", {"dilate_last": True}, {"instance_weight": 1.0, "inst_hidden": 32, "inst_dim": 16}, 16),
+        ("pixpro", {"output_stride": 16}, {}, 16),
+        ("pixcontrast", {"output_stride": 16}, {}, 16),
+        ("pixpro", {"output_stride": 16}, {"instance_weight": 1.0, "inst_hidden": 32, "inst_dim": 16}, 16),
         ("pixpro", {}, {"neck": "fpn", "fpn_dim": 16}, 64),  # loss on P3 (8x8), P4, P5
     ],
     ids=["pixpro-dilated", "pixcontrast-dilated", "pixpro-instance", "pixpro-fpn"],
@@ -287,7 +266,7 @@ def test_short_runs_on_camvid_decrease_the_loss(method, backbone, params, cells,
 def test_dilated_last_stage_doubles_the_map():
     x = torch.zeros(1, 3, 64, 64)
     plain = build_backbone(BackboneConfig("resnet18"))
-    dilated = build_backbone(BackboneConfig("resnet18", dilate_last=True))
+    dilated = build_backbone(BackboneConfig("resnet18", output_stride=16))
     assert plain(x)[0].shape[-2:] == (2, 2) and dilated(x)[0].shape[-2:] == (4, 4)
     assert [s.shape[-1] for s in dilated.stages(x)] == [16, 8, 4, 4] and dilated.stage_dims == [64, 128, 256, 512]
 

@@ -139,6 +139,14 @@ class ImageDataset:
         return ImageDataset(self._store.subset(indices), self.labels[indices], self.sizes[indices], self.classes)
 
 
+def cap(dataset: ImageDataset, max_images: int, seed: int) -> ImageDataset:
+    """A fixed random subset of at most ``max_images`` images (0 = all), in dataset order."""
+    if max_images <= 0 or max_images >= len(dataset):
+        return dataset
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(perm[:max_images].sort().values)
+
+
 @dataclass
 class DatasetSplits:
     """The training split and the held-out split (``test/`` or ``val/``), if any."""

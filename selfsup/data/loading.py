@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from selfsup.data.cache import fingerprint, load_entry, save_entry
 from selfsup.data.decode import decode_many, read_sizes
 from selfsup.data.errors import DataError
 from selfsup.data.folder import FolderSplit
@@ -28,7 +28,6 @@ from selfsup.data.parallel import map_chunks
 from selfsup.data.stores import FileStore, TensorStore, describe_files
 
 log = logging.getLogger("selfsup.data")
-CACHE_VERSION = 1
 DEFAULT_MIXED_SIZE = (256, 256)
 
 
@@ -42,49 +41,10 @@ class LoadedSplit:
     num_skipped: int
 
 
-def fingerprint(split: FolderSplit, paths: list[str]) -> str:
-    """A hex digest of the split's root and its files' relative paths, sizes and mtimes.
-
-    ``paths`` are the files' full paths, in the order of ``split.files``.
-    """
-    digest = hashlib.sha256(f"v{CACHE_VERSION}\0{split.root.resolve()}\n".encode())
-    for rel, path in zip(split.files, paths, strict=True):
-        st = os.stat(path)
-        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def _load_cached(path: Path) -> dict | None:
-    """A cache entry, or None when absent or unreadable (a damaged entry is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception:  # a truncated or foreign file is just a cache miss
-        return None
-
-
-def _save_cached(path: Path, entry: dict) -> None:
-    """Write a cache entry atomically (temporary file, then rename).
-
-    A cache that cannot be written (read-only, full) only costs speed: it is reported and
-    the data is used without being cached.
-    """
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(entry, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warning("could not write the cache entry %s: %s", path, e)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _header_index(split: FolderSplit, paths: list[str], fp: str, cache: Path) -> dict:
     """Every file's header size and readability, from the cache or by reading headers."""
     path = cache / "index" / f"{fp}.pt"
-    entry = _load_cached(path)
+    entry = load_entry(path)
     if entry is None:
         sizes = torch.zeros((len(paths), 2), dtype=torch.int64)
         ok = torch.zeros(len(paths), dtype=torch.bool)
@@ -92,7 +52,7 @@ def _header_index(split: FolderSplit, paths: list[str], fp: str, cache: Path) ->
             sizes[start : start + len(k)] = s
             ok[start : start + len(k)] = k
         entry = {"sizes": sizes, "ok": ok}
-        _save_cached(path, entry)
+        save_entry(path, entry)
     return entry
 
 
@@ -145,13 +105,13 @@ def load_split(
     if int(keep.sum()) * 3 * size[0] * size[1] <= memory_limit_bytes:
         key = hashlib.sha256(f"{fp}\0{size[0]}x{size[1]}".encode()).hexdigest()
         decoded_path = cache / "decoded" / f"{key}.pt"
-        entry = _load_cached(decoded_path)
+        entry = load_entry(decoded_path)
         if entry is None:
             readable = [p for p, k in zip(paths, keep.tolist(), strict=True) if k]
             images, decoded = _decode_all(split, readable, size)
             keep[keep.clone()] = decoded
             entry = {"images": images[decoded] if not decoded.all() else images, "keep": keep}
-            _save_cached(decoded_path, entry)
+            save_entry(decoded_path, entry)
         keep = entry["keep"]
         store: TensorStore | FileStore = TensorStore(entry["images"])
     else:

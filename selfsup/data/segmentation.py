@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from selfsup.data.cache import fingerprint, load_entry, save_entry
 from selfsup.data.decode import decode_many, read_sizes
 from selfsup.data.errors import DataError
 from selfsup.data.folder import FolderSplit, scan
-from selfsup.data.loading import _load_cached, _save_cached, fingerprint
 from selfsup.data.parallel import map_chunks
 from selfsup.data.sources import cache_root, resolve
 from selfsup.data.stores import describe_files
@@ -290,11 +290,11 @@ def load_segmentation_split(
     fp = fingerprint(FolderSplit(root, rels, [-1] * len(rels)), image_paths + label_paths)
     key = hashlib.sha256(f"segmentation\0{fp}\0{size[0]}x{size[1]}".encode()).hexdigest()
     cached_path = cache_root(cache) / "decoded" / f"{key}.pt"
-    entry = _load_cached(cached_path)
+    entry = load_entry(cached_path)
     if entry is None:
         imgs, lbls, ok, status = _decode_split(image_paths, label_paths, size, os.fspath(image_dir))
         entry = {"images": imgs, "labels": lbls, "ok": ok & readable, "status": status}
-        _save_cached(cached_path, entry)
+        save_entry(cached_path, entry)
     bad = (entry["status"] == _LABEL_NOT_INDEX).nonzero().flatten().tolist()
     if bad:
         raise DataError(f"label map {label_paths[bad[0]]} is not a single-channel class-index image (mode L or "

@@ -20,8 +20,8 @@ from torch import nn
 
 from selfsup.data import DataError, open_dataset
 from selfsup.data.dataset import ImageDataset
-from selfsup.eval.features import extract_features
 from selfsup.losses.alignment import alignment, uniformity
+from selfsup.views.features import extract_features
 from selfsup.views.recipes import ViewSpec, make_views
 
 ALPHA = 2.0
@@ -90,8 +90,9 @@ def evaluate_run(
     """:func:`alignment_uniformity` of a run's encoder on ``split`` (``test`` or ``train``) of
     ``data``, with the run's own views and evaluation size (``size`` 0); ``max_images`` caps
     the split to a fixed random subset (0 = all); ``random_init``: the untrained baseline."""
+    from selfsup.data import cap
     from selfsup.runs import load_run
-    from selfsup.train.trainer import cap, view_specs
+    from selfsup.views.recipes import view_specs
 
     cfg, method = load_run(checkpoint, random_init=random_init)
     splits = open_dataset(data, load_size=cfg.data.load_size)
@@ -102,6 +103,6 @@ def evaluate_run(
     if len(dataset) < 2:
         raise DataError(f"{data}: alignment and uniformity need 2 images or more, {split} has {len(dataset)}")
     v = cfg.views
-    result = alignment_uniformity(method.backbone.to(device), dataset, view_specs(cfg, type(method)),
+    result = alignment_uniformity(method.backbone.to(device), dataset, view_specs(cfg.views, type(method).recipe),
                                   size or v.size, v.mean, v.std, batch_size, device, seed)
     return {"checkpoint": str(checkpoint), "random_init": random_init, "split": split, **result}

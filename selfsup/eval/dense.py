@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.errors import ConfigError
 from selfsup.data.segmentation import SegmentationData, SegmentationSplit, crop_resize_pair, open_segmentation
 from selfsup.eval.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from selfsup.models.backbones import ViTBackbone

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.core.comm import all_reduce_with_grad, world_size
 from selfsup.core.tensors import upcast
-from selfsup.train.distributed import all_reduce_with_grad, world_size
 
 
 @torch.no_grad()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from selfsup.config import ConfigError
+from selfsup.core.errors import ConfigError
 
 
 def simclr_pairs(
@@ -190,6 +191,7 @@ def nce(
     return -(h_pos + h_neg).mean()
 
 
+PairLossName = Literal["infonce", "debiased", "hard_negative", "flatnce", "dcl"]  # the keys below
 PAIR_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "infonce": info_nce,
     "debiased": debiased_contrastive,

@@ -19,29 +19,26 @@ via Redundancy Reduction", ICML 2021).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, NonNegative, Positive, PositiveInt
+from selfsup.core.comm import gather_with_grad
 from selfsup.core.tensors import upcast
 from selfsup.losses.redundancy import barlow_twins_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.train.distributed import gather_with_grad
 from selfsup.views.view import View
 
 
 @dataclass
-class BarlowTwinsConfig:
-    proj_hidden: int = 8192
-    proj_dim: int = 8192
-    lambd: float = 0.0051
-    scale_loss: float = 1.0
+class BarlowTwinsConfig(Checked):
+    section: ClassVar[str] = "barlow"
 
-    def __post_init__(self) -> None:
-        if self.lambd < 0:
-            raise ConfigError(f"barlow.lambd must be >= 0, got {self.lambd}")
-        if self.scale_loss <= 0:
-            raise ConfigError(f"barlow.scale_loss must be > 0, got {self.scale_loss}")
+    proj_hidden: PositiveInt = 8192
+    proj_dim: PositiveInt = 8192
+    lambd: NonNegative = 0.0051
+    scale_loss: Positive = 1.0
 
 
 class BarlowTwins(Method):

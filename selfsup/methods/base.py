@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ViewsConfig
 from selfsup.core.tensors import upcast
 from selfsup.data import ImageDataset
+from selfsup.views.config import ViewsConfig
 from selfsup.views.view import View
 
 
@@ -52,8 +51,9 @@ class Method(nn.Module):
     checkpointed). Every method is built as ``Method(backbone, cfg, run)``. The trainer calls,
     per step: ``forward(views) -> StepOutput``; backward; ``after_backward(step)`` (gradient
     surgery, e.g. frozen prototypes); the optimiser step; ``on_step(step, total)`` (EMA /
-    momentum updates, schedules). ``recipe`` names the view recipe it trains on; each view
-    carries ``index``, the dataset index of every sample.
+    momentum updates, schedules); and ``on_epoch_end(epoch)`` after every epoch. ``recipe``
+    names the view recipe it trains on; each view carries ``index``, the dataset index of
+    every sample.
     """
 
     Config: ClassVar[type]
@@ -65,6 +65,13 @@ class Method(nn.Module):
         self.backbone = backbone
         self.run = run
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Checks of the method's options against the rest of the run's config (``cfg``: a
+        ``PretrainConfig``, e.g. an option that needs a ViT backbone); raise a one-line
+        ``ConfigError``. Runs when the config is built, before any data is opened. The method's
+        own fields check themselves (``selfsup.core.checks.Checked``)."""
+
     def forward(self, views: list[View]) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -73,6 +80,11 @@ class Method(nn.Module):
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts completed steps, from 1)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after every epoch (``epoch`` counts completed epochs, from 1), before the
+        checkpoint is written: per-epoch schedules and state changes (e.g. refreshing a
+        memory or re-clustering) belong here, and a resumed run has their result."""
 
     def on_fit_start(self, train: ImageDataset, views: ViewsConfig, device: torch.device) -> None:
         """Called once before the first step of a fresh run (not on resume: whatever it sets
@@ -123,16 +135,3 @@ def effective_rank(z: torch.Tensor) -> torch.Tensor:
     s = torch.linalg.svdvals(z - z.mean(dim=0))
     p = s / s.sum().clamp_min(1e-12)
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
-
-
-def momentum_schedule(base: float, step: int, total_steps: int) -> float:
-    """BYOL's cosine EMA schedule: m_k = 1 - (1 - m_0) * (cos(pi k / K) + 1) / 2."""
-    return 1 - (1 - base) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1) / 2
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- m * target + (1 - m) * online, parameters and float buffers alike."""
-    t_params = list(target.parameters()) + [b for b in target.buffers() if b.is_floating_point()]
-    o_params = list(online.parameters()) + [b for b in online.buffers() if b.is_floating_point()]
-    torch._foreach_lerp_(t_params, o_params, 1 - momentum)

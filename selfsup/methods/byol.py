@@ -14,23 +14,27 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from selfsup.core.checks import Checked, PositiveInt, UnitInterval
 from selfsup.losses.regression import normalized_mse
-from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update, momentum_schedule
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.methods.momentum import MomentumEncoder
 from selfsup.views.view import View
 
 
 @dataclass
-class BYOLConfig:
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    pred_hidden: int = 4096
-    base_momentum: float = 0.996
+class BYOLConfig(Checked):
+    section: ClassVar[str] = "byol"
+
+    proj_hidden: PositiveInt = 4096
+    proj_dim: PositiveInt = 256
+    pred_hidden: PositiveInt = 4096
+    base_momentum: UnitInterval = 0.996
 
 
 class BYOL(Method):
@@ -45,21 +49,17 @@ class BYOL(Method):
         self.cfg = cfg
         self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
-        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.momentum = cfg.base_momentum
+        self.target = MomentumEncoder(cfg.base_momentum, backbone=backbone, projector=self.projector)
 
     def forward(self, views: list[View]) -> StepOutput:
         h1, h2 = self.encode(views)
         p1, p2 = self.predictor(self.projector(h1)), self.predictor(self.projector(h2))
         with torch.no_grad():
             x = torch.cat([v.images for v in views])
-            t1, t2 = self.target_projector(self.target_backbone(x)[1]).chunk(2)
+            t1, t2 = self.target.projector(self.target.backbone(x)[1]).chunk(2)
         loss = normalized_mse(p1, t2) + normalized_mse(p2, t1)
-        return StepOutput(loss, {"momentum": torch.tensor(self.momentum)}, embedding=p1.detach())
+        return StepOutput(loss, {"momentum": torch.tensor(self.target.momentum)}, embedding=p1.detach())
 
     def on_step(self, step: int, total_steps: int) -> None:
         # the momentum is a pure function of the step, so a resumed run continues exactly
-        self.momentum = momentum_schedule(self.cfg.base_momentum, step - 1, total_steps)
-        ema_update(self.target_backbone, self.backbone, self.momentum)
-        ema_update(self.target_projector, self.projector, self.momentum)
+        self.target.update(step, total_steps)

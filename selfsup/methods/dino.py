@@ -39,35 +39,38 @@ Self-Supervised Vision Transformers", ICCV 2021).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, NonNegativeInt, Positive, PositiveInt, UnitInterval
+from selfsup.core.comm import all_reduce_mean
 from selfsup.core.tensors import upcast
 from selfsup.losses.distillation import dino_loss
-from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update, momentum_schedule
-from selfsup.train.distributed import all_reduce_mean
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.methods.momentum import MomentumEncoder
 from selfsup.views.view import View
 
 
 @dataclass
-class DINOConfig:
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
+class DINOConfig(Checked):
+    section: ClassVar[str] = "dino"
+
+    out_dim: PositiveInt = 65536
+    hidden_dim: PositiveInt = 2048
+    bottleneck_dim: PositiveInt = 256
     head_bn: bool = False
     norm_last_layer: bool = True
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 30
-    center_momentum: float = 0.9
-    base_momentum: float = 0.996
-    freeze_last_layer_epochs: int = 1
+    student_temp: Positive = 0.1
+    teacher_temp: Positive = 0.07
+    warmup_teacher_temp: Positive = 0.04
+    warmup_teacher_temp_epochs: NonNegativeInt = 30
+    center_momentum: UnitInterval = 0.9
+    base_momentum: UnitInterval = 0.996
+    freeze_last_layer_epochs: NonNegativeInt = 1
 
 
 def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmup_epochs: int) -> float:
@@ -113,17 +116,12 @@ class DINO(Method):
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig, run: RunInfo) -> None:
         super().__init__(backbone, run)
-        for key in ("out_dim", "student_temp", "teacher_temp", "warmup_teacher_temp"):
-            if getattr(cfg, key) <= 0:
-                raise ConfigError(f"dino.{key} must be > 0, got {getattr(cfg, key)}")
         self.cfg = cfg
         self.head = DINOHead(backbone.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
                              cfg.head_bn, cfg.norm_last_layer)
-        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.teacher = MomentumEncoder(cfg.base_momentum, backbone=backbone, head=self.head)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.register_buffer("teacher_temp", torch.tensor(self._temperature(0)))
-        self.momentum = cfg.base_momentum
 
     def _temperature(self, step: int) -> float:
         c = self.cfg
@@ -134,13 +132,13 @@ class DINO(Method):
         feats = self.encode(views)
         student = self.head(torch.cat(feats)).chunk(len(views))
         with torch.no_grad():
-            teacher = self.teacher_head(torch.cat(self.encode(views[:2], self.teacher_backbone)))
+            teacher = self.teacher.head(torch.cat(self.encode(views[:2], self.teacher.backbone)))
         loss = dino_loss(list(student), list(teacher.chunk(2)), self.center, self.cfg.student_temp, self.teacher_temp)
         with torch.no_grad():  # every teacher view enters the same number of pairs: loss = h + KL
             log_p_t = F.log_softmax((upcast(teacher) - self.center) / self.teacher_temp, dim=1)
             entropy = -(log_p_t.exp() * log_p_t).sum(dim=1).mean()
         self._update_center(teacher)
-        logs = {"teacher_temp": self.teacher_temp.detach().clone(), "momentum": torch.tensor(self.momentum),
+        logs = {"teacher_temp": self.teacher_temp.detach().clone(), "momentum": torch.tensor(self.teacher.momentum),
                 "teacher_entropy": entropy, "kl": loss.detach() - entropy}
         return StepOutput(loss, logs, embedding=feats[0].detach())
 
@@ -157,7 +155,5 @@ class DINO(Method):
 
     def on_step(self, step: int, total_steps: int) -> None:
         # momentum and temperature are pure functions of the step: a resumed run continues exactly
-        self.momentum = momentum_schedule(self.cfg.base_momentum, step - 1, total_steps)
-        ema_update(self.teacher_backbone, self.backbone, self.momentum)
-        ema_update(self.teacher_head, self.head, self.momentum)
+        self.teacher.update(step, total_steps)
         self.teacher_temp.fill_(self._temperature(step))

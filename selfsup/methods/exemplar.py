@@ -22,20 +22,24 @@ Feature Learning with Convolutional Neural Networks", NIPS 2014).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.core.checks import Checked, NonNegativeInt
+from selfsup.core.comm import all_reduce_mean, world_size
 from selfsup.core.tensors import upcast
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.train.distributed import all_reduce_mean, world_size
 from selfsup.views.view import View
 
 
 @dataclass
-class ExemplarConfig:
-    num_classes: int = 0  # surrogate classes; 0: one per training image
+class ExemplarConfig(Checked):
+    section: ClassVar[str] = "exemplar"
+
+    num_classes: NonNegativeInt = 0  # surrogate classes; 0: one per training image
 
 
 def surrogate_classes(num_images: int, num_classes: int, seed: int = 0) -> torch.Tensor:

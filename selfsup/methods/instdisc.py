@@ -44,38 +44,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError, ViewsConfig
+from selfsup.core.checks import Checked, Positive, PositiveInt, UnitInterval
+from selfsup.core.comm import all_reduce_mean, gather, rank
 from selfsup.core.tensors import upcast
 from selfsup.data import ImageDataset
-from selfsup.eval.features import extract_features
 from selfsup.losses.contrastive import nce
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.rng import SharedGenerator
-from selfsup.train.distributed import all_reduce_mean, gather, rank
+from selfsup.views.config import ViewsConfig
+from selfsup.views.features import extract_features
 from selfsup.views.view import View
-
-BANK_INITS = ("random", "features")
 
 
 @dataclass
-class InstDiscConfig:
-    feature_dim: int = 128
-    num_negatives: int = 4096
-    temperature: float = 0.07
-    bank_momentum: float = 0.5
-    z_momentum: float = 1.0
-    bank_init: str = "random"
+class InstDiscConfig(Checked):
+    section: ClassVar[str] = "instdisc"
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.z_momentum <= 1:
-            raise ConfigError(f"instdisc.z_momentum must be in [0, 1], got {self.z_momentum}")
-        if self.bank_init not in BANK_INITS:
-            raise ConfigError(f"instdisc.bank_init: {self.bank_init!r} is not one of {', '.join(BANK_INITS)}")
+    feature_dim: PositiveInt = 128
+    num_negatives: PositiveInt = 4096
+    temperature: Positive = 0.07
+    bank_momentum: UnitInterval = 0.5
+    z_momentum: UnitInterval = 1.0
+    bank_init: Literal["random", "features"] = "random"
 
 
 def init_bank(num_items: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:

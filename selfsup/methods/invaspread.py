@@ -20,20 +20,24 @@ Learning via Invariant and Spreading Instance Feature", CVPR 2019).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.core.checks import Checked, Positive, PositiveInt
+from selfsup.core.comm import gather_with_grad, rank
 from selfsup.losses.instance import invariant_spreading
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.train.distributed import gather_with_grad, rank
 from selfsup.views.view import View
 
 
 @dataclass
-class InvaSpreadConfig:
-    feature_dim: int = 128
-    temperature: float = 0.1
+class InvaSpreadConfig(Checked):
+    section: ClassVar[str] = "invaspread"
+
+    feature_dim: PositiveInt = 128
+    temperature: Positive = 0.1
 
 
 class InvaSpread(Method):

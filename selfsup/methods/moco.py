@@ -37,30 +37,31 @@ Baselines with Momentum Contrastive Learning", arXiv 2020).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError, ViewsConfig
+from selfsup.core.checks import Checked, NonNegative, Positive, PositiveInt, Range, UnitInterval
+from selfsup.core.comm import gather, rank, world_size
+from selfsup.core.errors import ConfigError
 from selfsup.core.tensors import upcast
 from selfsup.data import ImageDataset
-from selfsup.losses.contrastive import PAIR_LOSSES, pair_loss
-from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update
+from selfsup.losses.contrastive import PairLossName, pair_loss
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.methods.momentum import MomentumEncoder
+from selfsup.methods.queue import Queue
 from selfsup.methods.rng import SharedGenerator
 from selfsup.models.split_bn import convert_split_bn
-from selfsup.train.distributed import gather, rank, world_size
+from selfsup.views.config import ViewsConfig
 from selfsup.views.recipes import eval_view
 from selfsup.views.view import View
 
-QUEUE_INITS = ("random", "keys")
-
 
 @dataclass
-class MoCoConfig:
+class MoCoConfig(Checked):
     """MoCo v1's options (paper defaults, ImageNet; the CIFAR presets change some).
 
     dim: embedding size; queue_size: K; momentum: m of the key encoder; mlp: v2's MLP head
@@ -71,31 +72,16 @@ class MoCoConfig:
 
     section: ClassVar[str] = "mocov1"
 
-    dim: int = 128
-    queue_size: int = 65536
-    momentum: float = 0.999
-    temperature: float = 0.07
+    dim: PositiveInt = 128
+    queue_size: PositiveInt = 65536
+    momentum: UnitInterval = 0.999
+    temperature: Positive = 0.07
     mlp: bool = False
-    bn_splits: int = 8
-    loss: str = "infonce"
-    tau_plus: float = 0.1
-    beta: float = 1.0
-    queue_init: str = "random"
-
-    def __post_init__(self) -> None:
-        if self.queue_init not in QUEUE_INITS:
-            raise ConfigError(
-                f"{self.section}.queue_init: {self.queue_init!r} is not one of {', '.join(QUEUE_INITS)}"
-            )
-        if self.loss not in PAIR_LOSSES:
-            raise ConfigError(f"{self.section}.loss: {self.loss!r} is not one of {', '.join(PAIR_LOSSES)}")
-        for name in ("dim", "queue_size", "bn_splits"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{self.section}.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.momentum <= 1:
-            raise ConfigError(f"{self.section}.momentum must be in [0, 1], got {self.momentum}")
-        if self.temperature <= 0:
-            raise ConfigError(f"{self.section}.temperature must be > 0, got {self.temperature}")
+    bn_splits: PositiveInt = 8
+    loss: PairLossName = "infonce"
+    tau_plus: Annotated[float, Range(ge=0, lt=1)] = 0.1
+    beta: NonNegative = 1.0
+    queue_init: Literal["random", "keys"] = "random"
 
 
 @dataclass
@@ -103,7 +89,7 @@ class MoCoV2Config(MoCoConfig):
     """MoCo v2: MLP head and t = 0.2 (plus blur in the views)."""
 
     section: ClassVar[str] = "mocov2"
-    temperature: float = 0.2
+    temperature: Positive = 0.2
     mlp: bool = True
 
 
@@ -142,10 +128,10 @@ class MoCo(Method):
             nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, cfg.dim)) if cfg.mlp
             else nn.Linear(c, cfg.dim)
         )
-        self.key_backbone = convert_split_bn(copy.deepcopy(backbone), cfg.bn_splits).requires_grad_(False)
-        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.key_encoder = MomentumEncoder(cfg.momentum, "constant", backbone=backbone, head=self.head)
+        self.key_encoder.backbone = convert_split_bn(self.key_encoder.backbone, cfg.bn_splits)
+        self.queue = Queue(cfg.queue_size, cfg.dim, init=F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1),
+                           name=f"{cfg.section}.queue_size")
         self.shuffle_gen = SharedGenerator()
 
     @torch.no_grad()
@@ -158,18 +144,8 @@ class MoCo(Method):
                 f"does not split into {splits} equal sub-batches"
             )
         x_shuffled, inverse = batch_shuffle(x, self.shuffle_gen.next(x.device))
-        k = self.key_head(self.key_backbone(x_shuffled)[1])
+        k = self.key_encoder.head(self.key_encoder.backbone(x_shuffled)[1])
         return batch_unshuffle(F.normalize(upcast(k), dim=1), inverse)
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (the global batch's) over the oldest queue entries and advance the pointer."""
-        n, size = keys.shape[0], self.queue.shape[0]
-        if n > size:
-            raise ConfigError(f"{self.cfg.section}.queue_size {size} must be >= the global batch size {n}")
-        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
     @torch.no_grad()
     def on_fit_start(self, train: ImageDataset, views: ViewsConfig, device: torch.device) -> None:
@@ -179,11 +155,11 @@ class MoCo(Method):
             return
         splits = max(1, self.cfg.bn_splits // world_size())
         per_rank = splits * max(1, min(256, len(train) // world_size()) // splits)
-        size, filled, epoch = self.queue.shape[0], 0, 0
+        size, filled, epoch = len(self.queue), 0, 0
         while filled < size:
             for batch in train.batches(per_rank, shuffle=True, epoch=epoch, rank=rank(), world_size=world_size()):
                 k = gather(self.keys(eval_view(batch.images.to(device), views.size, views.mean, views.std)))
-                self.enqueue(k[: size - filled])
+                self.queue.push(k[: size - filled], gather_ranks=False)
                 filled += k.shape[0]
                 if filled >= size:
                     break
@@ -195,15 +171,14 @@ class MoCo(Method):
         q = F.normalize(upcast(self.head(self.backbone(x_q)[1])), dim=1)
         k = self.keys(x_k)
         pos = (q * k).sum(dim=1)
-        neg = q @ self.queue.clone().T  # a copy: the queue changes below, autograd keeps this one
+        neg = q @ self.queue.rows.clone().T  # a copy: the queue changes below, autograd keeps this one
         loss = pair_loss(cfg.loss, pos, neg, cfg.temperature, tau_plus=cfg.tau_plus, beta=cfg.beta)
-        self.enqueue(gather(k))
+        self.queue.push(k)
         logs = {"pos_sim": pos.detach().mean(), "neg_sim": neg.detach().mean()}
         return StepOutput(loss, logs, embedding=q.detach())
 
     def on_step(self, step: int, total_steps: int) -> None:
-        ema_update(self.key_backbone, self.backbone, self.cfg.momentum)
-        ema_update(self.key_head, self.head, self.cfg.momentum)
+        self.key_encoder.update(step, total_steps)
 
 
 class MoCoV2(MoCo):

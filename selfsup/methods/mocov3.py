@@ -15,9 +15,10 @@ Transformers", ICCV 2021).
   t = 1.0 for ResNets in the paper (0.2 for ViTs and the CIFAR preset); the 2 t factor is the
   official code's. ``loss`` selects another loss of the InfoNCE family on the same
   (positive, negatives) similarities.
-- Schedule: momentum m_k = 1 - (1 - m_0) (cos(pi k / K) + 1) / 2 from m_0 = 0.99 to 1,
-  applied after step k (the official code applies m_k before the forward of step k: the
-  same sequence).
+- Schedule: momentum m_k = 1 - (1 - m_0) (cos(pi k / K) + 1) / 2 from m_0 = 0.99 to 1; the
+  update after the optimiser step k (0-based) uses m_k, the library's one convention
+  (``selfsup.methods.momentum``). The official code updates before the forward of step k + 1
+  with m_{k+1}: one schedule step later, at most (1 - m_0) pi / (2K) apart.
 - Differences from the official code: the backbone runs both views in one batch (BN over
   both views; the official code makes one pass per view; the heads run per view as there);
   the heads' hidden linear layers have no bias as there, but the predictor's last layer has one.
@@ -25,24 +26,26 @@ Transformers", ICCV 2021).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, NonNegative, NonNegativeInt, Positive, PositiveInt, Range, UnitInterval
+from selfsup.core.comm import gather, rank
+from selfsup.core.errors import ConfigError
 from selfsup.core.tensors import upcast
-from selfsup.losses.contrastive import PAIR_LOSSES, pair_loss
-from selfsup.methods.base import Method, RunInfo, StepOutput, ema_update, momentum_schedule
+from selfsup.losses.contrastive import PairLossName, pair_loss
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.methods.momentum import MomentumEncoder
 from selfsup.models.backbones import ViTBackbone
-from selfsup.train.distributed import gather, rank
 from selfsup.views.view import View
 
 
 @dataclass
-class MoCoV3Config:
+class MoCoV3Config(Checked):
     """MoCo v3's options (paper defaults for a ResNet-50; the CIFAR preset changes some).
 
     proj_layers: 0 picks the paper's depth (3 for a ViT, 2 for a ResNet).
@@ -50,26 +53,18 @@ class MoCoV3Config:
     loss: one of ``PAIR_LOSSES``, with tau_plus / beta for the debiased and hard-negative losses.
     """
 
-    temperature: float = 1.0
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    proj_layers: int = 0
-    pred_hidden: int = 4096
-    base_momentum: float = 0.99
-    freeze_patch_embed: bool = False
-    loss: str = "infonce"
-    tau_plus: float = 0.1
-    beta: float = 1.0
+    section: ClassVar[str] = "mocov3"
 
-    def __post_init__(self) -> None:
-        if self.loss not in PAIR_LOSSES:
-            raise ConfigError(f"mocov3.loss: {self.loss!r} is not one of {', '.join(PAIR_LOSSES)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"mocov3.temperature must be > 0, got {self.temperature}")
-        if self.proj_layers < 0:
-            raise ConfigError(f"mocov3.proj_layers must be >= 0 (0: 3 for ViTs, 2 for ResNets), got {self.proj_layers}")
-        if not 0 <= self.base_momentum <= 1:
-            raise ConfigError(f"mocov3.base_momentum must be in [0, 1], got {self.base_momentum}")
+    temperature: Positive = 1.0
+    proj_hidden: PositiveInt = 4096
+    proj_dim: PositiveInt = 256
+    proj_layers: NonNegativeInt = 0
+    pred_hidden: PositiveInt = 4096
+    base_momentum: UnitInterval = 0.99
+    freeze_patch_embed: bool = False
+    loss: PairLossName = "infonce"
+    tau_plus: Annotated[float, Range(ge=0, lt=1)] = 0.1
+    beta: NonNegative = 1.0
 
 
 class MoCoV3(Method):
@@ -84,15 +79,16 @@ class MoCoV3(Method):
         self.cfg = cfg
         vit = isinstance(backbone, ViTBackbone)
         if cfg.freeze_patch_embed:
-            if not vit:
-                raise ConfigError("mocov3.freeze_patch_embed needs a ViT backbone")
             backbone.net.patch_embed.requires_grad_(False)
         layers = cfg.proj_layers or (3 if vit else 2)
         self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim, layers, last_bn=True)
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
-        self.momentum_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.momentum = cfg.base_momentum
+        self.momentum_encoder = MomentumEncoder(cfg.base_momentum, backbone=backbone, projector=self.projector)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        if cfg.params.freeze_patch_embed and cfg.backbone.is_resnet:
+            raise ConfigError(f"mocov3.freeze_patch_embed needs a ViT backbone, got {cfg.backbone.name!r}")
 
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """2 t * InfoNCE of this rank's queries against the keys of the global batch."""
@@ -111,12 +107,11 @@ class MoCoV3(Method):
         z1 = self.projector(h1)
         q1, q2 = self.predictor(z1), self.predictor(self.projector(h2))
         with torch.no_grad():
-            k1, k2 = (self.momentum_projector(h) for h in self.encode(views[:2], self.momentum_backbone))
+            m = self.momentum_encoder
+            k1, k2 = (m.projector(h) for h in self.encode(views[:2], m.backbone))
         loss = self.contrast(q1, k2) + self.contrast(q2, k1)
-        return StepOutput(loss, {"momentum": torch.tensor(self.momentum)}, embedding=z1.detach())
+        return StepOutput(loss, {"momentum": torch.tensor(self.momentum_encoder.momentum)}, embedding=z1.detach())
 
     def on_step(self, step: int, total_steps: int) -> None:
         # a pure function of the step, so a resumed run continues exactly
-        self.momentum = momentum_schedule(self.cfg.base_momentum, step, total_steps)
-        ema_update(self.momentum_backbone, self.backbone, self.momentum)
-        ema_update(self.momentum_projector, self.projector, self.momentum)
+        self.momentum_encoder.update(step, total_steps)

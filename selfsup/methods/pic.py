@@ -32,24 +32,28 @@ Visual Feature Learning", NeurIPS 2020).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.core.checks import Checked, NonNegativeInt, Positive, PositiveInt
+from selfsup.core.comm import gather, rank
 from selfsup.core.tensors import upcast
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.rng import SharedGenerator
-from selfsup.train.distributed import gather, rank
 from selfsup.views.view import View
 
 
 @dataclass
-class PICConfig:
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    temperature: float = 0.2
-    num_negatives: int = 0  # 0: softmax over every image's class
+class PICConfig(Checked):
+    section: ClassVar[str] = "pic"
+
+    proj_hidden: PositiveInt = 2048
+    proj_dim: PositiveInt = 128
+    temperature: Positive = 0.2
+    num_negatives: NonNegativeInt = 0  # 0: softmax over every image's class
     weight_correction: bool = True
 
 

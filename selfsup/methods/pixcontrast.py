@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Positive
 from selfsup.losses.pixel import pixcontrast_loss
 from selfsup.methods.base import RunInfo, StepOutput
 from selfsup.methods.pixel import PixelConfig, PixelMethod, pixel_embedding
@@ -35,7 +36,9 @@ from selfsup.views.view import View
 class PixContrastConfig(PixelConfig):
     """PixContrast's defaults (ResNet-50 on ImageNet)."""
 
-    temperature: float = 0.3
+    section: ClassVar[str] = "pixcontrast"
+
+    temperature: Positive = 0.3
 
 
 class PixContrast(PixelMethod):
@@ -45,8 +48,6 @@ class PixContrast(PixelMethod):
 
     def __init__(self, backbone: nn.Module, cfg: PixContrastConfig, run: RunInfo) -> None:
         super().__init__(backbone, cfg, run)
-        if cfg.temperature <= 0:
-            raise ConfigError(f"pixcontrast.temperature must be > 0, got {cfg.temperature}")
 
     def forward(self, views: list[View]) -> StepOutput:
         images = torch.cat([views[0].images, views[1].images])
@@ -56,5 +57,5 @@ class PixContrast(PixelMethod):
         loss, positives = self.pair_loss(
             views, online, keys, partial(pixcontrast_loss, temperature=self.cfg.temperature)
         )
-        logs = {"positives": positives, "momentum": torch.tensor(self.momentum)}
+        logs = {"positives": positives, "momentum": torch.tensor(self.target.momentum)}
         return StepOutput(loss, logs, embedding=pixel_embedding(online[0]))

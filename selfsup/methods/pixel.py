@@ -8,8 +8,8 @@ Exploring Pixel-Level Consistency for Unsupervised Visual Representation Learnin
   feature cell in the source image (``selfsup.losses.pixel``).
 - Online encoder: backbone -> the map(s) the pixel loss sees -> per-pixel projector
   ``conv_mlp(C, proj_hidden, proj_dim)`` (PixPro: 2048 -> 4096 -> 256 on ResNet-50). With
-  ``neck: none`` the map is the backbone's last one, C5 (``backbone.dilate_last`` doubles its
-  resolution). With ``neck: fpn`` an FPN (``fpn_dim`` channels) is built on C{l}..C5,
+  ``neck: none`` the map is the backbone's last one, C5 (``backbone.output_stride`` 16 or 8
+  doubles or quadruples its resolution). With ``neck: fpn`` an FPN (``fpn_dim`` channels) is built on C{l}..C5,
   l = ``fpn_min_level``, and the pixel loss is computed on each output P{l}..P5 with one
   shared projector and averaged over the levels (the paper applies its loss on every FPN
   level; the FPN here has no pooled P6, and starts at C{l} so that no parameter is left
@@ -25,36 +25,34 @@ Exploring Pixel-Level Consistency for Unsupervised Visual Representation Learnin
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, Positive, PositiveInt, UnitInterval
+from selfsup.core.errors import ConfigError
 from selfsup.losses.pixel import positive_pairs
-from selfsup.methods.base import Method, RunInfo, ema_update, momentum_schedule
+from selfsup.methods.base import Method, RunInfo
+from selfsup.methods.momentum import MomentumEncoder
 from selfsup.models.fpn import FPN
 from selfsup.models.heads import conv_mlp
 from selfsup.views.view import View
 
-NECKS = ("none", "fpn")
-FPN_LEVELS = (2, 3, 4, 5)
-
 
 @dataclass
-class PixelConfig:
+class PixelConfig(Checked):
     """Encoder, geometry and momentum settings shared by the pixel-level methods."""
 
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    threshold: float = 0.7
-    base_momentum: float = 0.99
-    neck: str = "none"
-    fpn_dim: int = 256
-    fpn_min_level: int = 3
+    proj_hidden: PositiveInt = 4096
+    proj_dim: PositiveInt = 256
+    threshold: Positive = 0.7
+    base_momentum: UnitInterval = 0.99
+    neck: Literal["none", "fpn"] = "none"
+    fpn_dim: PositiveInt = 256
+    fpn_min_level: Literal[2, 3, 4, 5] = 3
 
 
 PairLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,34 +67,22 @@ class PixelMethod(Method):
     def __init__(self, backbone: nn.Module, cfg: PixelConfig, run: RunInfo) -> None:
         super().__init__(backbone, run)
         self.cfg = cfg
-        self._check(cfg, backbone)
         self.neck = FPN(backbone.stage_dims[cfg.fpn_min_level - 2 :], cfg.fpn_dim) if cfg.neck == "fpn" else None
         in_dim = cfg.fpn_dim if self.neck is not None else backbone.out_dim
         self.projector = conv_mlp(in_dim, cfg.proj_hidden, cfg.proj_dim)
-        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.target_neck = None if self.neck is None else copy.deepcopy(self.neck).requires_grad_(False)
-        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.momentum = cfg.base_momentum
+        self.target = MomentumEncoder(cfg.base_momentum, backbone=backbone, neck=self.neck, projector=self.projector)
 
-    def _check(self, cfg: PixelConfig, backbone: nn.Module) -> None:
-        s = self.section
-        if cfg.neck not in NECKS:
-            raise ConfigError(f"{s}.neck: {cfg.neck!r} is not one of {', '.join(NECKS)}")
-        if cfg.neck == "fpn" and not hasattr(backbone, "stages"):
-            raise ConfigError(f"{s}.neck: fpn needs a ResNet backbone (one with stages C2..C5)")
-        if cfg.fpn_min_level not in FPN_LEVELS:
-            raise ConfigError(f"{s}.fpn_min_level must be one of 2, 3, 4, 5, got {cfg.fpn_min_level}")
-        if cfg.threshold <= 0:
-            raise ConfigError(f"{s}.threshold must be > 0, got {cfg.threshold}")
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        if cfg.params.neck == "fpn" and not cfg.backbone.is_resnet:
+            raise ConfigError(f"{cfg.method}.neck: fpn needs a ResNet backbone (one with stages C2..C5), "
+                              f"got {cfg.backbone.name!r}")
 
     def dense(self, images: torch.Tensor, target: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Projected maps (B, proj_dim, h, w) of every pixel-loss level, and the backbone's last
         map C5, of the online (or, with ``target``, the momentum) encoder."""
-        backbone, neck, projector = (
-            (self.target_backbone, self.target_neck, self.target_projector)
-            if target
-            else (self.backbone, self.neck, self.projector)
-        )
+        source = self.target if target else self
+        backbone, neck, projector = source.backbone, source.neck, source.projector
         if neck is None:
             c5 = backbone(images)[0]
             return [projector(c5)], c5
@@ -120,18 +106,9 @@ class PixelMethod(Method):
             counts.append(pos.sum(dim=(1, 2)).float().mean())
         return total / len(online), counts[0]
 
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(momentum copy, online module) pairs updated by the EMA."""
-        pairs = [(self.target_backbone, self.backbone), (self.target_projector, self.projector)]
-        if self.neck is not None:
-            pairs.append((self.target_neck, self.neck))
-        return pairs
-
     def on_step(self, step: int, total_steps: int) -> None:
         # the momentum is a pure function of the step, so a resumed run continues exactly
-        self.momentum = momentum_schedule(self.cfg.base_momentum, step - 1, total_steps)
-        for target, online in self.momentum_pairs():
-            ema_update(target, online, self.momentum)
+        self.target.update(step, total_steps)
 
 
 def pixel_embedding(projected: torch.Tensor) -> torch.Tensor:

@@ -24,14 +24,14 @@ for Unsupervised Visual Representation Learning", CVPR 2021).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import NonNegative, Positive, PositiveInt
 from selfsup.losses.pixel import pixpro_loss
 from selfsup.losses.regression import normalized_mse
 from selfsup.methods.base import RunInfo, StepOutput
@@ -45,11 +45,13 @@ from selfsup.views.view import View
 class PixProConfig(PixelConfig):
     """PixPro's defaults (ResNet-50 on ImageNet); ``instance_weight`` > 0 adds the instance branch."""
 
-    gamma: float = 2.0
-    ppm_layers: int = 1
-    instance_weight: float = 0.0
-    inst_hidden: int = 4096
-    inst_dim: int = 256
+    section: ClassVar[str] = "pixpro"
+
+    gamma: Positive = 2.0
+    ppm_layers: Literal[0, 1, 2] = 1
+    instance_weight: NonNegative = 0.0
+    inst_hidden: PositiveInt = 4096
+    inst_dim: PositiveInt = 256
 
 
 class PixPro(PixelMethod):
@@ -59,18 +61,12 @@ class PixPro(PixelMethod):
 
     def __init__(self, backbone: nn.Module, cfg: PixProConfig, run: RunInfo) -> None:
         super().__init__(backbone, cfg, run)
-        if cfg.ppm_layers not in (0, 1, 2):
-            raise ConfigError(f"pixpro.ppm_layers must be 0, 1 or 2, got {cfg.ppm_layers}")
-        if cfg.gamma <= 0:
-            raise ConfigError(f"pixpro.gamma must be > 0, got {cfg.gamma}")
-        if cfg.instance_weight < 0:
-            raise ConfigError(f"pixpro.instance_weight must be >= 0, got {cfg.instance_weight}")
         self.ppm = PPM(cfg.proj_dim, cfg.ppm_layers, cfg.gamma)
         self.instance = cfg.instance_weight > 0
         if self.instance:
             self.instance_projector = conv_mlp(backbone.out_dim, cfg.inst_hidden, cfg.inst_dim)
             self.instance_predictor = conv_mlp(cfg.inst_dim, cfg.inst_hidden, cfg.inst_dim)
-            self.target_instance_projector = copy.deepcopy(self.instance_projector).requires_grad_(False)
+            self.target.add(instance_projector=self.instance_projector)
 
     def forward(self, views: list[View]) -> StepOutput:
         images = torch.cat([views[0].images, views[1].images])
@@ -78,21 +74,15 @@ class PixPro(PixelMethod):
         with torch.no_grad():
             targets, target_c5 = self.dense(images, target=True)
         loss, positives = self.pair_loss(views, [self.ppm(z) for z in online], targets, pixpro_loss)
-        logs = {"pixel_loss": loss.detach(), "positives": positives, "momentum": torch.tensor(self.momentum)}
+        logs = {"pixel_loss": loss.detach(), "positives": positives, "momentum": torch.tensor(self.target.momentum)}
         if self.instance:
             p1, p2 = _pooled(self.instance_predictor(self.instance_projector(c5))).chunk(2)
             with torch.no_grad():
-                t1, t2 = _pooled(self.target_instance_projector(target_c5)).chunk(2)
+                t1, t2 = _pooled(self.target.instance_projector(target_c5)).chunk(2)
             instance_loss = normalized_mse(p1, t2) + normalized_mse(p2, t1)
             loss = loss + self.cfg.instance_weight * instance_loss
             logs["instance_loss"] = instance_loss.detach()
         return StepOutput(loss, logs, embedding=pixel_embedding(online[0]))
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        pairs = super().momentum_pairs()
-        if self.instance:
-            pairs.append((self.target_instance_projector, self.instance_projector))
-        return pairs
 
 
 def _pooled(fmap: torch.Tensor) -> torch.Tensor:

@@ -27,23 +27,25 @@ Norouzi, Hinton: "Big Self-Supervised Models are Strong Semi-Supervised Learners
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, NonNegative, NonNegativeInt, Positive, PositiveInt, Range
+from selfsup.core.comm import gather_with_grad, rank
+from selfsup.core.errors import ConfigError
 from selfsup.losses.alignment import alignment, uniformity
 from selfsup.losses.contrastive import PAIR_LOSSES, pair_loss, simclr_pairs
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.train.distributed import gather_with_grad, rank
 from selfsup.views.view import View
 
 LOSSES = (*PAIR_LOSSES, "align_uniform")
 
 
 @dataclass
-class SimCLRConfig:
+class SimCLRConfig(Checked):
     """SimCLR's own options (paper defaults; the CIFAR preset changes some).
 
     loss: one of ``LOSSES``; tau_plus (class prior, debiased / hard_negative), beta (hardness,
@@ -52,29 +54,22 @@ class SimCLRConfig:
     evaluated and exported encoder (SimCLR v2 uses 1 with a 3-layer projector).
     """
 
-    temperature: float = 0.1
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    proj_layers: int = 2
+    section: ClassVar[str] = "simclr"
+
+    temperature: Positive = 0.1
+    proj_hidden: PositiveInt = 2048
+    proj_dim: PositiveInt = 128
+    proj_layers: PositiveInt = 2
     proj_last_bn: bool = False
-    finetune_from_layer: int = 0
-    loss: str = "infonce"
-    tau_plus: float = 0.1
-    beta: float = 1.0
-    align_weight: float = 1.0
-    uniform_weight: float = 1.0
+    finetune_from_layer: NonNegativeInt = 0
+    loss: Literal["infonce", "debiased", "hard_negative", "flatnce", "dcl", "align_uniform"] = "infonce"
+    tau_plus: Annotated[float, Range(ge=0, lt=1)] = 0.1
+    beta: NonNegative = 1.0
+    align_weight: NonNegative = 1.0
+    uniform_weight: NonNegative = 1.0
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ConfigError(f"simclr.loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"simclr.temperature must be > 0, got {self.temperature}")
-        if not 0 <= self.tau_plus < 1:
-            raise ConfigError(f"simclr.tau_plus must be in [0, 1), got {self.tau_plus}")
-        if self.beta < 0:
-            raise ConfigError(f"simclr.beta must be >= 0, got {self.beta}")
-        if self.proj_layers < 1:
-            raise ConfigError(f"simclr.proj_layers must be >= 1, got {self.proj_layers}")
+        super().__post_init__()
         if not 0 <= self.finetune_from_layer < self.proj_layers:
             raise ConfigError(
                 f"simclr.finetune_from_layer must be in 0..{self.proj_layers - 1} (proj_layers - 1), "

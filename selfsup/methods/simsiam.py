@@ -20,26 +20,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, PositiveInt
 from selfsup.losses.regression import negative_cosine
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.views.view import View
 
 
 @dataclass
-class SimSiamConfig:
-    proj_hidden: int = 2048
-    proj_dim: int = 2048
-    pred_hidden: int = 512
-    fix_pred_lr: bool = True
+class SimSiamConfig(Checked):
+    section: ClassVar[str] = "simsiam"
 
-    def __post_init__(self) -> None:
-        for name in ("proj_hidden", "proj_dim", "pred_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"simsiam.{name} must be >= 1, got {getattr(self, name)}")
+    proj_hidden: PositiveInt = 2048
+    proj_dim: PositiveInt = 2048
+    pred_hidden: PositiveInt = 512
+    fix_pred_lr: bool = True
 
 
 class SimSiam(Method):

@@ -36,16 +36,19 @@ Features by Contrasting Cluster Assignments", NeurIPS 2020).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, NonNegativeInt, Positive, PositiveInt
+from selfsup.core.comm import rank, world_size
+from selfsup.core.errors import ConfigError
 from selfsup.core.tensors import upcast
 from selfsup.losses.clustering import sinkhorn_knopp, swapped_prediction
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.train.distributed import gather, rank, world_size
+from selfsup.methods.queue import Queue
 from selfsup.views.view import View
 
 MIN_EPSILON = 1 / 88  # exp(88) is about the float32 maximum; the scores are cosines, at most 1
@@ -53,16 +56,24 @@ ASSIGNED = 2  # the global crops: the views whose codes are predicted (crops_for
 
 
 @dataclass
-class SwAVConfig:
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    num_prototypes: int = 3000
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-    queue_length: int = 0
-    epoch_queue_starts: int = 15
-    freeze_prototypes_epochs: int = 1
+class SwAVConfig(Checked):
+    section: ClassVar[str] = "swav"
+
+    proj_hidden: PositiveInt = 2048
+    proj_dim: PositiveInt = 128
+    num_prototypes: PositiveInt = 3000
+    temperature: Positive = 0.1
+    epsilon: Positive = 0.05
+    sinkhorn_iterations: PositiveInt = 3
+    queue_length: NonNegativeInt = 0
+    epoch_queue_starts: NonNegativeInt = 15
+    freeze_prototypes_epochs: NonNegativeInt = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epsilon < MIN_EPSILON:
+            raise ConfigError(f"swav.epsilon {self.epsilon} is below {MIN_EPSILON:.4f}: exp(1 / epsilon) of a "
+                              "cosine score overflows float32 in Sinkhorn-Knopp")
 
 
 class SwAV(Method):
@@ -74,28 +85,22 @@ class SwAV(Method):
         from selfsup.models.heads import mlp
 
         super().__init__(backbone, run)
-        for key in ("temperature", "epsilon", "num_prototypes", "sinkhorn_iterations"):
-            if getattr(cfg, key) <= 0:
-                raise ConfigError(f"swav.{key} must be > 0, got {getattr(cfg, key)}")
-        if cfg.epsilon < MIN_EPSILON:
-            raise ConfigError(f"swav.epsilon {cfg.epsilon} is below {MIN_EPSILON:.4f}: exp(1 / epsilon) of a "
-                              "cosine score overflows float32 in Sinkhorn-Knopp")
-        if cfg.queue_length < 0 or cfg.queue_length % world_size():
-            raise ConfigError(f"swav.queue_length {cfg.queue_length} must be >= 0 and divisible by the "
-                              f"world size {world_size()}")
+        if cfg.queue_length % world_size():
+            raise ConfigError(f"swav.queue_length {cfg.queue_length} must be divisible by the world size "
+                              f"{world_size()}")
         self.cfg = cfg
         self.projector = mlp(backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
-        # newest rows first; `counters` = (completed steps, filled queue rows), mirrored in
-        # Python ints so that no step needs a host-device sync to decide on the queue
-        self.register_buffer("queue", torch.zeros(ASSIGNED, cfg.queue_length, cfg.proj_dim))
-        self.register_buffer("counters", torch.zeros(2, dtype=torch.long))
-        self._steps, self._filled = 0, 0
-        self.register_load_state_dict_post_hook(SwAV._read_counters)
+        # row r holds one sample's embeddings of the ASSIGNED global crops
+        self.queue = Queue(cfg.queue_length, ASSIGNED, cfg.proj_dim, name="swav.queue_length")
+        # completed steps, mirrored in a Python int so that no step needs a host-device sync
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._steps = 0
+        self.register_load_state_dict_post_hook(SwAV._read_steps)
 
     @staticmethod
-    def _read_counters(module: nn.Module, incompatible_keys: object) -> None:
-        module._steps, module._filled = (int(v) for v in module.counters)
+    def _read_steps(module: nn.Module, incompatible_keys: object) -> None:
+        module._steps = int(module.steps)
 
     def forward(self, views: list[View]) -> StepOutput:
         with torch.no_grad():
@@ -104,10 +109,10 @@ class SwAV(Method):
         scores = list(self.prototypes(z).chunk(len(views)))
         embeddings = [e.detach() for e in z.chunk(len(views))[:ASSIGNED]]
         active = self.cfg.queue_length > 0 and self._steps // self.run.steps_per_epoch >= self.cfg.epoch_queue_starts
-        use_queue = active and self._filled >= self.cfg.queue_length
+        use_queue = active and self.queue.full
         codes = [self._codes(scores[i].detach(), i, use_queue) for i in range(ASSIGNED)]
         if active:
-            self._enqueue(embeddings)
+            self.queue.push(torch.stack(embeddings, dim=1))
         loss = swapped_prediction(scores, codes, self.cfg.temperature)
         logs = {"queue_used": torch.tensor(float(use_queue)),
                 "code_entropy": -(codes[0] * codes[0].clamp_min(1e-30).log()).sum(dim=1).mean(),
@@ -119,17 +124,9 @@ class SwAV(Method):
         scored with the current prototypes) join the problem and only the batch rows are kept."""
         n = scores.shape[0]
         if use_queue:
-            rows = self.queue[i].chunk(world_size())[rank()]
+            rows = self.queue.rows[:, i].chunk(world_size())[rank()]
             scores = torch.cat([upcast(rows @ self.prototypes.weight.detach().T), upcast(scores)])
         return sinkhorn_knopp(scores, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-n:]
-
-    @torch.no_grad()
-    def _enqueue(self, embeddings: list[torch.Tensor]) -> None:
-        """Push the global batch's embeddings (gathered over ranks, newest first), dropping the oldest."""
-        for i, e in enumerate(embeddings):
-            self.queue[i] = torch.cat([gather(e).to(self.queue.dtype), self.queue[i]])[: self.cfg.queue_length]
-        self._filled = min(self.cfg.queue_length, self._filled + embeddings[0].shape[0] * world_size())
-        self.counters[1] = self._filled
 
     def after_backward(self, step: int) -> None:
         if step < self.cfg.freeze_prototypes_epochs * self.run.steps_per_epoch:
@@ -137,4 +134,4 @@ class SwAV(Method):
 
     def on_step(self, step: int, total_steps: int) -> None:
         self._steps = step
-        self.counters[0] = step
+        self.steps.fill_(step)

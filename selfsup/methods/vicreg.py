@@ -20,33 +20,29 @@ Self-Supervised Learning", ICLR 2022).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
-from selfsup.config import ConfigError
+from selfsup.core.checks import Checked, NonNegative, Positive, PositiveInt
+from selfsup.core.comm import gather_with_grad
 from selfsup.core.tensors import upcast
 from selfsup.losses.redundancy import vicreg_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.train.distributed import gather_with_grad
 from selfsup.views.view import View
 
 
 @dataclass
-class VICRegConfig:
-    proj_hidden: int = 8192
-    proj_dim: int = 8192
-    sim_weight: float = 25.0
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
-    gamma: float = 1.0
-    eps: float = 1e-4
+class VICRegConfig(Checked):
+    section: ClassVar[str] = "vicreg"
 
-    def __post_init__(self) -> None:
-        for name in ("sim_weight", "var_weight", "cov_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"vicreg.{name} must be >= 0, got {getattr(self, name)}")
-        if self.eps <= 0:
-            raise ConfigError(f"vicreg.eps must be > 0, got {self.eps}")
+    proj_hidden: PositiveInt = 8192
+    proj_dim: PositiveInt = 8192
+    sim_weight: NonNegative = 25.0
+    var_weight: NonNegative = 25.0
+    cov_weight: NonNegative = 1.0
+    gamma: Positive = 1.0
+    eps: Positive = 1e-4
 
 
 class VICReg(Method):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selfsup.core.comm import world_size
 from selfsup.core.tensors import upcast
-from selfsup.train.distributed import world_size
 
 
 class SplitBatchNorm(nn.Module):

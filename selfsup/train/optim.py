@@ -1,4 +1,5 @@
-"""Optimisers (SGD, LARS, AdamW) with norm and bias parameters excluded from weight decay."""
+"""Optimisers (SGD, LARS, AdamW): norms, biases and declared embeddings excluded from weight
+decay, optional layer-wise learning-rate decay."""
 
 from __future__ import annotations
 
@@ -6,31 +7,57 @@ import torch
 from torch import nn
 
 from selfsup.config import OptimConfig
+from selfsup.core.errors import ConfigError
 
 
-def _decay_split(params, weight_decay: float, **options) -> list[dict]:
-    """Weights (decayed, LARS-adapted) and 1-D parameters (norms, biases: neither)."""
-    decay, no_decay = [], []
-    for p in params:
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True, **options},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False, **options},
-    ]
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names that get no weight decay by their module's own declaration: every
+    submodule with timm's ``no_weight_decay()`` (a ViT's ``pos_embed``, ``cls_token``, ...)."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        declare = getattr(module, "no_weight_decay", None)
+        if callable(declare) and module is not model:
+            names |= {f"{prefix}.{n}" if prefix else n for n in declare()}
+    return names
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and 1-D parameters (norms, biases: neither);
-    plus such a pair for every set of parameters the model declares with its own options in
-    ``model.optimizer_groups()`` (see ``Method.optimizer_groups``)."""
+def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate scales (BEiT, Bao et al., 2022; MAE fine-tuning): parameter
+    ``backbone.<name>`` of layer i of L gets ``layer_decay ** (L + 1 - i)``, every other
+    parameter (heads) 1. The backbone says which layer holds what (``layer_ids()``)."""
+    if layer_decay == 1.0:
+        return {}
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not hasattr(backbone, "layer_ids"):
+        raise ConfigError(f"optim.layer_decay {layer_decay}: {type(backbone).__name__} does not name its layers")
+    ids, num_layers = backbone.layer_ids()
+    return {f"backbone.{name}": layer_decay ** (num_layers + 1 - i) for name, i in ids.items()}
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Optimiser groups: weights (decayed, LARS-adapted, ``decay: True``) and the parameters
+    without decay (1-D ones, i.e. norms and biases, and those of ``no_weight_decay_names``:
+    neither decay nor LARS); split further by the layer-wise lr scale (``lr_scale``) and by the
+    sets of parameters the model declares with its own options in ``model.optimizer_groups()``
+    (see ``Method.optimizer_groups``). Frozen parameters are left out."""
     special = model.optimizer_groups() if hasattr(model, "optimizer_groups") else []
-    special = [{**g, "params": list(g["params"])} for g in special]
-    claimed = {id(p) for g in special for p in g["params"]}
-    groups = _decay_split([p for p in model.parameters() if id(p) not in claimed], weight_decay)
-    for g in special:
-        groups += _decay_split(g.pop("params"), weight_decay, **g)
-    return groups
+    claimed = {id(p): i for i, g in enumerate(special) for p in g["params"]}
+    skip = no_weight_decay_names(model)
+    scales = layer_scales(model, layer_decay)
+    groups: dict[tuple[int, bool, float], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        owner = claimed.get(id(p), -1)
+        decayed = p.ndim > 1 and name not in skip
+        scale = scales.get(name, 1.0)
+        key = (owner, decayed, scale)
+        if key not in groups:
+            options = {k: v for k, v in special[owner].items() if k != "params"} if owner >= 0 else {}
+            groups[key] = {"params": [], "weight_decay": weight_decay if decayed else 0.0, "decay": decayed,
+                           "lars": decayed, **({"lr_scale": scale} if scales else {}), **options}
+        groups[key]["params"].append(p)
+    return list(groups.values())
 
 
 class LARS(torch.optim.Optimizer):
@@ -80,7 +107,7 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimiser named by ``cfg.name`` over ``model``'s trainable parameters."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars")

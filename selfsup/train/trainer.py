@@ -1,8 +1,11 @@
 """The one training loop, for every method.
 
 It knows nothing about any method: it builds views with the method's recipe, calls the
-method's forward for a loss, steps the optimiser on a warm-up + cosine schedule, calls the
-method's ``on_step`` hook, logs, checkpoints every epoch and evaluates with kNN.
+method's forward for a loss, steps the optimiser on the configured schedules, calls the
+method's hooks (``on_step`` after every step, ``on_epoch_end`` after every epoch), logs and
+checkpoints every epoch. What is measured during training besides the loss is a
+:class:`Monitor` handed in by the caller (the CLI's is ``selfsup.eval.online.OnlineKNN``), so
+this layer does not depend on the evaluations.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,17 +28,15 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.config import ConfigError, PretrainConfig
-from selfsup.data import DatasetSplits, ImageDataset, open_dataset
-from selfsup.eval.features import extract_features
-from selfsup.eval.knn import knn_accuracy
-from selfsup.methods import Method, RunInfo, build_method
+from selfsup.data import DatasetSplits, cap, open_dataset
+from selfsup.methods import RunInfo, build_method
 from selfsup.methods.base import effective_rank, embedding_std
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
 from selfsup.train.optim import build_optimizer
-from selfsup.train.schedule import warmup_cosine
+from selfsup.train.schedule import cosine_value, learning_rate
 from selfsup.views.contrastive_crop import CropSampler, build_crop
-from selfsup.views.recipes import RECIPES, ViewSpec, local_views, make_views
+from selfsup.views.recipes import make_views, view_specs
 
 
 @dataclass
@@ -58,51 +59,28 @@ def choose_precision(amp: str, device: torch.device, dtype: str = "float32") -> 
     return Precision(torch.bfloat16, False)
 
 
-def view_specs(cfg: PretrainConfig, method_cls: type[Method]) -> list[ViewSpec]:
-    """The view recipe: the configured one, else the method's own."""
-    name = cfg.views.recipe or method_cls.recipe
-    if name not in RECIPES:
-        raise ConfigError(f"unknown views.recipe {name!r}; available: {', '.join(RECIPES)}")
-    v = cfg.views
-    specs = RECIPES[name](v.size, v.scale, v.blur, v.mean, v.std)
-    return specs + local_views(specs[-1], v.local_crops, v.local_size, v.local_scale)
-
-
-def cap(dataset: ImageDataset, max_images: int, seed: int) -> ImageDataset:
-    """A fixed random subset of at most ``max_images`` images (0 = all)."""
-    if max_images <= 0 or max_images >= len(dataset):
-        return dataset
-    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return dataset.subset(perm[:max_images].sort().values)
-
-
-def knn_eval(
-    backbone: nn.Module, splits: DatasetSplits, cfg: PretrainConfig, device: torch.device,
-    max_train: int, max_test: int,
-) -> float | None:
-    """kNN top-1 of ``backbone`` on the held-out split (None when it has no labels)."""
-    if splits.test is None or not splits.test.has_labels or not splits.train.has_labels:
-        return None
-    t, v = cfg.train, cfg.views
-    train = cap(splits.train, max_train, cfg.train.seed)
-    test = cap(splits.test, max_test, cfg.train.seed)
-    args = (v.size, v.mean, v.std, t.eval_batch_size, device)
-    ftr, ytr = extract_features(backbone, train, *args)
-    fte, yte = extract_features(backbone, test, *args)
-    return knn_accuracy(ftr, ytr, fte, yte, len(splits.train.classes), t.knn_k, t.knn_temperature)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-class Trainer:
-    """Pre-trains ``cfg.method`` on ``cfg.data.path``; see :meth:`fit`."""
+class Monitor(Protocol):
+    """Measures the run while it trains: ``after_epoch`` returns values for the epoch's record
+    (``metrics.jsonl``) and ``after_fit`` values for the final result. Called on every rank."""
 
-    def __init__(self, cfg: PretrainConfig, dist: DistInfo | None = None) -> None:
+    def after_epoch(self, trainer: Trainer) -> dict[str, Any]: ...
+
+    def after_fit(self, trainer: Trainer) -> dict[str, Any]: ...
+
+
+class Trainer:
+    """Pre-trains ``cfg.method`` on ``cfg.data.path``; see :meth:`fit`. ``monitor``: what to
+    measure after every epoch and at the end (None: nothing but the training logs)."""
+
+    def __init__(self, cfg: PretrainConfig, dist: DistInfo | None = None, monitor: Monitor | None = None) -> None:
         self.cfg = cfg
+        self.monitor = monitor
         self.dist = dist or init_distributed(cfg.train.device)
         self.out = Path(cfg.train.out_dir)
         t = cfg.train
@@ -134,7 +112,7 @@ class Trainer:
         self.run = RunInfo(len(self.splits.train), self.steps_per_epoch, t.epochs)
         dtype = torch.float64 if t.dtype == "float64" else torch.float32
         self.method = build_method(cfg, self.run).to(self.dist.device, dtype)
-        self.specs = view_specs(cfg, type(self.method))
+        self.specs = view_specs(cfg.views, type(self.method).recipe)
         if t.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.method, self.model = wrap_model(self.method, self.dist, t.sync_bn)
@@ -186,7 +164,25 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         o = self.cfg.optim
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
-        return warmup_cosine(step, self.total_steps, warmup, o.lr, o.min_lr, o.warmup_start_factor)
+        return learning_rate(step, self.total_steps, warmup, o.lr, o.min_lr, o.warmup_start_factor, o.schedule,
+                             o.poly_power)
+
+    def weight_decay_at(self, step: int) -> float:
+        o = self.cfg.optim
+        if o.weight_decay_end is None:
+            return o.weight_decay
+        return cosine_value(step, self.total_steps, o.weight_decay, o.weight_decay_end)
+
+    def set_schedules(self, step: int) -> float:
+        """The learning rate (times each group's ``lr_scale``; ``fixed_lr`` groups keep
+        ``optim.lr``) and the weight decay of the decayed groups at ``step``; returns the lr."""
+        lr, wd = self.lr_at(step), self.weight_decay_at(step)
+        for g in self.optimizer.param_groups:
+            if not g.get("fixed_lr", False):  # a method's constant-lr group keeps optim.lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            if g.get("decay", False):
+                g["weight_decay"] = wd
+        return lr
 
     def train_step(self, micro_batches: list, monitor: bool = False) -> dict[str, torch.Tensor]:
         """One optimiser step over ``accum_steps`` micro-batches.
@@ -194,10 +190,7 @@ class Trainer:
         ``monitor``: also log the collapse monitor (embedding std, effective rank) of the last
         micro-batch's ``StepOutput.embedding``.
         """
-        lr = self.lr_at(self.step)
-        for g in self.optimizer.param_groups:
-            if not g.get("fixed_lr", False):  # a method's constant-lr group keeps optim.lr
-                g["lr"] = lr
+        lr = self.set_schedules(self.step)
         logs: dict[str, torch.Tensor] = {}
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
@@ -232,6 +225,8 @@ class Trainer:
         self.step += 1
         self.method.on_step(self.step, self.total_steps)
         logs["lr"] = torch.tensor(lr)
+        if self.cfg.optim.weight_decay_end is not None:
+            logs["weight_decay"] = torch.tensor(self.weight_decay_at(self.step - 1))
         return logs
 
     def train_epoch(self) -> dict[str, float]:
@@ -305,35 +300,26 @@ class Trainer:
         while self.epoch < t.epochs:
             summary = self.train_epoch()
             self.epoch += 1
-            if self.crop is not None and self.crop.due(self.epoch, t.epochs):  # before the checkpoint
+            # epoch-end state changes come before the checkpoint, so a resumed run has them
+            self.method.on_epoch_end(self.epoch)
+            if self.crop is not None and self.crop.due(self.epoch, t.epochs):
                 self.crop.update(self.method.backbone, self.splits.train, self.dist.device)
             record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "summary": summary}
-            if self.dist.is_main and t.knn_every > 0 and (
-                self.epoch % t.knn_every == 0 or self.epoch == t.epochs
-            ):
-                acc = knn_eval(self.method.backbone, self.splits, self.cfg, self.dist.device,
-                               t.knn_max_train, t.knn_max_test)
-                if acc is not None:
-                    record["online_knn"] = acc
+            measured = self.monitor.after_epoch(self) if self.monitor is not None else {}
+            record.update(measured)
             self.log(record)
             if self.dist.is_main:
                 ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
-                knn = f", online kNN {record['online_knn']:.4f}" if "online_knn" in record else ""
+                extra = "".join(f", {k} {v:.4f}" for k, v in measured.items())
                 print(f"epoch {self.epoch}/{t.epochs}: loss {summary.get('loss', float('nan')):.4f}, "
-                      f"{summary['img_per_s']:.0f} img/s{knn}", file=sys.stderr)
+                      f"{summary['img_per_s']:.0f} img/s{extra}", file=sys.stderr)
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Final kNN on the whole (capped) splits, written to ``knn.json``; exported backbone."""
+        """The monitor's final measurements and the exported backbone (``backbone.pth``)."""
         result: dict[str, Any] = {"method": self.cfg.method, "epochs": self.epoch, "steps": self.step}
-        if not self.dist.is_main:
-            return result
-        acc = knn_eval(self.method.backbone, self.splits, self.cfg, self.dist.device, 0, 0)
-        if acc is not None:
-            result.update(knn_top1=acc, k=self.cfg.train.knn_k, temperature=self.cfg.train.knn_temperature,
-                          train_images=len(self.splits.train), test_images=len(self.splits.test))
-            (self.out / "knn.json").write_text(json.dumps(result, indent=2))
-            print(f"kNN top-1 (k={self.cfg.train.knn_k}): {acc:.4f} -> {self.out / 'knn.json'}",
-                  file=sys.stderr)
-        torch.save(self.method.backbone.export_state_dict(), self.out / "backbone.pth")
+        if self.monitor is not None:
+            result.update(self.monitor.after_fit(self))
+        if self.dist.is_main:
+            torch.save(self.method.backbone.export_state_dict(), self.out / "backbone.pth")
         return result

@@ -1,15 +1,7 @@
 """Batched, geometry-aware augmentation: views with their crop boxes, made on the device."""
 
-from selfsup.views.recipes import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RECIPES,
-    ViewSpec,
-    eval_view,
-    make_views,
-)
+from selfsup.views.config import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, ViewsConfig
+from selfsup.views.recipes import RECIPES, ViewSpec, eval_view, make_views, view_specs
 from selfsup.views.view import View
 
 __all__ = [
@@ -20,6 +12,8 @@ __all__ = [
     "RECIPES",
     "View",
     "ViewSpec",
+    "ViewsConfig",
     "eval_view",
     "make_views",
+    "view_specs",
 ]

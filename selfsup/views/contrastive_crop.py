@@ -56,14 +56,15 @@ import torch.nn.functional as F
 from scipy.special import betaincinv
 from torch import nn
 
-from selfsup.train.checkpoint import CheckpointError
-from selfsup.train.distributed import gather, rank, world_size
+from selfsup.core.comm import gather, rank, world_size
+from selfsup.core.errors import CheckpointError
 from selfsup.views.boxes import centre_boxes, crop_sizes
-from selfsup.views.recipes import IMAGENET_MEAN, IMAGENET_STD, Stats, eval_view
+from selfsup.views.config import IMAGENET_MEAN, IMAGENET_STD, Stats
+from selfsup.views.recipes import eval_view
 
 if TYPE_CHECKING:
-    from selfsup.config import ViewsConfig
     from selfsup.data.dataset import ImageDataset
+    from selfsup.views.config import ViewsConfig
 
 TRIES = 10
 _ROUND_OFF = 1e-7  # relative: above float32 round-off (3e-8), far below 1 / (H * size)

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from selfsup.core.errors import ConfigError
 from selfsup.views.boxes import flip_boxes, normalize_boxes, sample_boxes
+from selfsup.views.config import IMAGENET_MEAN, IMAGENET_STD, Stats, ViewsConfig
 from selfsup.views.ops import (
     blur_kernel_size,
     color_jitter,
@@ -28,13 +30,6 @@ from selfsup.views.view import View
 
 if TYPE_CHECKING:
     from selfsup.views.contrastive_crop import CropSampler
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-Stats = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -120,6 +115,16 @@ def local_views(
     """Multi-crop (Caron et al., SwAV 2020): ``count`` small views of ``size`` pixels with crop
     area in ``scale``, otherwise augmented like ``like`` (blur sigma scales with the size)."""
     return [replace(like, size=size, scale=scale)] * count
+
+
+def view_specs(views: ViewsConfig, default_recipe: str) -> list[ViewSpec]:
+    """The view recipe of a run: ``views.recipe`` if set, else the method's ``default_recipe``;
+    plus ``views.local_crops`` multi-crop views."""
+    name = views.recipe or default_recipe
+    if name not in RECIPES:
+        raise ConfigError(f"unknown views.recipe {name!r}; available: {', '.join(RECIPES)}")
+    specs = RECIPES[name](views.size, views.scale, views.blur, views.mean, views.std)
+    return specs + local_views(specs[-1], views.local_crops, views.local_size, views.local_scale)
 
 
 def _make_view(

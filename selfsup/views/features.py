@@ -1,4 +1,6 @@
-"""Frozen-feature extraction: whole images, resized and normalised, backbone in eval mode."""
+"""Frozen features of a dataset: whole images through the evaluation view (resized, normalised),
+backbone in eval mode. Used by the evaluations, the trainer's monitors and methods that start
+from the network's own embeddings (InstDisc's ``bank_init: features``)."""
 
 from __future__ import annotations
 
