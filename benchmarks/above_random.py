@@ -38,7 +38,7 @@ from saved_runs import splits_and_random_init
 from selfsup.data.dataset import ImageDataset
 from selfsup.eval.knn import knn_predict
 from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
-from selfsup.runs import load_run
+from selfsup.train.runs import load_run
 from selfsup.views.features import extract_features
 
 PROBES = ("knn", "linear", "linear_chosen_wd")

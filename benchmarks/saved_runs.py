@@ -6,7 +6,7 @@ from selfsup.config import PretrainConfig
 from selfsup.data import cap, open_dataset
 from selfsup.data.dataset import ImageDataset
 from selfsup.methods.base import Method
-from selfsup.runs import load_run
+from selfsup.train.runs import load_run
 from selfsup.train.trainer import seed_everything
 
 

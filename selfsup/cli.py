@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from selfsup.config import ConfigError, build_config, load_yaml, merge, parse_overrides
+from selfsup.core.device import resolve_device
 from selfsup.core.errors import CheckpointError
 from selfsup.data import DataError, open_dataset
 from selfsup.methods import METHODS
@@ -55,12 +56,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _device(args: argparse.Namespace) -> torch.device:
-    return torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(args.device)
 
 
 def _load_features(args: argparse.Namespace):
     from selfsup.data import cap
-    from selfsup.runs import load_run
+    from selfsup.train.runs import load_run
     from selfsup.views.features import extract_features
 
     cfg, method = load_run(args.checkpoint, random_init=args.random_init)
@@ -80,7 +81,7 @@ def _load_features(args: argparse.Namespace):
 
 
 def _write_result(args: argparse.Namespace, kind: str, result: dict[str, Any]) -> Path:
-    from selfsup.runs import checkpoint_file
+    from selfsup.train.runs import checkpoint_file
 
     suffix = "_random_init" if args.random_init else ""
     out = Path(args.out) if args.out else checkpoint_file(args.checkpoint).parent / f"{kind}{suffix}.json"

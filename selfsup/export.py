@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.runs import load_run
+from selfsup.train.runs import load_run
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path) -> Path:

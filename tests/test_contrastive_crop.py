@@ -24,7 +24,6 @@ from selfsup.views.boxes import flip_boxes, normalize_boxes
 from selfsup.views.config import CIFAR10_MEAN, CIFAR10_STD
 from selfsup.views.contrastive_crop import (
     ContrastiveCrop,
-    FixedCenterCrop,
     heatmap_boxes,
     localise,
     sample_crops,
@@ -32,6 +31,7 @@ from selfsup.views.contrastive_crop import (
 )
 from selfsup.views.preview import BOX_COLOUR
 from selfsup.views.recipes import RECIPES, eval_view, make_views
+from selfsup.views.samplers import FixedCenterCrop
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 20000  # draws for the sampling statistics

@@ -18,7 +18,10 @@ from torch import nn
 from selfsup.cli import main
 from selfsup.data import DataError
 from selfsup.data.segmentation import CAMVID, SegmentationSplit, crop_resize_pair, open_segmentation, resize_pair
-from selfsup.eval.dense import DenseConfig, Encoder, FrozenFeatures, PixelProbe, finetune, predict, score, train_probe
+from selfsup.eval.dense import DenseConfig
+from selfsup.eval.dense.features import Encoder, FrozenFeatures
+from selfsup.eval.dense.finetune import finetune
+from selfsup.eval.dense.probe import PixelProbe, predict, score, train_probe
 from selfsup.eval.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from selfsup.models.backbones import BackboneConfig, build_backbone
 from selfsup.views.boxes import sample_pixel_boxes

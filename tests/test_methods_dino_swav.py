@@ -17,7 +17,7 @@ from selfsup.losses.clustering import sinkhorn_knopp, swapped_prediction
 from selfsup.losses.distillation import dino_loss
 from selfsup.methods import METHODS, RunInfo, build_method
 from selfsup.methods.base import embedding_std
-from selfsup.methods.dino import teacher_temperature
+from selfsup.methods.dino import DINO, teacher_temperature
 from selfsup.views.recipes import make_views, view_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,8 +283,16 @@ def test_bad_method_values_name_the_key(name, key, value, message):
 
 # ------------------------------------------------------------------ CLI
 @pytest.mark.parametrize("name", ["dino", "swav"])
-def test_cli_pretrain_with_preset_and_local_crops(name, cifar_subset, tmp_path, capsys):
+def test_cli_pretrain_with_preset_and_local_crops(name, cifar_subset, tmp_path, capsys, monkeypatch):
     data = cifar_subset(10, 5)  # 100 train, 50 test real CIFAR-10 images
+    batch_means = []  # DINO: the teacher's batch mean at every step, to check the centre's EMA
+    update_center = DINO._update_center
+
+    def recording(self, teacher):
+        batch_means.append(teacher.float().mean(dim=0, keepdim=True))
+        update_center(self, teacher)
+
+    monkeypatch.setattr(DINO, "_update_center", recording)
     small = [f"{name}.{k}={v}" for k, v in SMALL[name].items()]
     extra = ["swav.queue_length=64", "swav.epoch_queue_starts=0"] if name == "swav" else []
     code = main(["pretrain", "--method", name, "--data", str(data),
@@ -299,9 +307,15 @@ def test_cli_pretrain_with_preset_and_local_crops(name, cifar_subset, tmp_path, 
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["config"]["views"]["local_crops"] == 2
     if name == "dino":
-        assert state["method"]["center"].abs().sum() > 0
+        expected = torch.zeros_like(batch_means[0])
+        for mean in batch_means:  # c <- 0.9 c + 0.1 mean, from c = 0
+            expected = 0.9 * expected + 0.1 * mean
+        assert len(batch_means) == 3
+        torch.testing.assert_close(state["method"]["center"], expected, rtol=1e-5, atol=1e-7)
         assert [r["teacher_temp"] for r in steps] == pytest.approx([0.04] * 3)
     else:  # 32 rows per step: the 64-row queue is full after step 2 and used at step 3
         assert [r["queue_used"] for r in steps] == [0, 0, 1]
         assert state["method"]["steps"].item() == 3 and state["method"]["queue.filled"].item() == 64
-    assert 0 <= json.loads((tmp_path / "knn.json").read_text())["knn_top1"] <= 1
+    knn = json.loads((tmp_path / "knn.json").read_text())
+    assert (knn["train_images"], knn["test_images"]) == (100, 50)
+    assert knn["knn_top1"] * 50 == pytest.approx(round(knn["knn_top1"] * 50))  # a share of the 50 test images

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
@@ -230,6 +231,45 @@ def test_byol_recipe_is_pixpros_views(mini_camvid):
     assert (area > 0.075).all() and (area <= 1).all()
 
 
+def _cell_centres(box: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, float]:
+    """(h * w, 2) bin centres (x, y) of a view's feature cells in the source image, row-major,
+    and the bin diagonal, from the view's normalised box (x1 < x0 when mirrored)."""
+    x0, y0, x1, y1 = box.double().tolist()
+    cells = [(x0 + (c + 0.5) * (x1 - x0) / w, y0 + (r + 0.5) * (y1 - y0) / h) for r in range(h) for c in range(w)]
+    return torch.tensor(cells), math.hypot((x1 - x0) / w, (y1 - y0) / h)
+
+
+def _brute_force_pixel_loss(method, views, threshold: float = 0.7, tau: float = 0.3) -> float:
+    """The pixel loss of ``method`` on ``views`` by the spec's formulas, cell by cell: positives
+    closer than ``threshold`` times the larger bin diagonal; PixPro -2 sum cos(y_i, x'_j) /
+    (#pos + 1e-6) per image, averaged over images; PixContrast the multi-positive InfoNCE averaged
+    over the cells that have a positive; both directions summed, levels averaged."""
+    with torch.no_grad():
+        images = torch.cat([views[0].images, views[1].images])
+        online, _ = method.dense(images)
+        targets, _ = method.dense(images, target=True)
+    pixpro = hasattr(method, "ppm")
+    total = 0.0
+    for z, t in zip(online, targets, strict=True):
+        z = method.ppm(z) if pixpro else z
+        z, t = F.normalize(z.double(), dim=1), F.normalize(t.double(), dim=1)
+        n, h, w = z.shape[0] // 2, z.shape[2], z.shape[3]
+        for a, b in ((0, 1), (1, 0)):
+            terms = []
+            for i in range(n):
+                (ca, da), (cb, db) = _cell_centres(views[a].boxes[i], h, w), _cell_centres(views[b].boxes[i], h, w)
+                pos = torch.cdist(ca, cb) / max(da, db) < threshold
+                cos = z[a * n + i].flatten(1).T @ t[b * n + i].flatten(1).T.T  # (cells of a, cells of b)
+                if pixpro:
+                    terms.append(-2 * cos[pos].sum() / (pos.sum() + 1e-6))
+                else:
+                    logits = cos / tau
+                    terms += [torch.logsumexp(logits[r], 0) - torch.logsumexp(logits[r][pos[r]], 0)
+                              for r in range(len(logits)) if pos[r].any()]
+            total += torch.stack(terms).mean().item() if terms else 0.0
+    return total / len(online)
+
+
 @pytest.mark.parametrize(
     ("method", "backbone", "params", "cells"),
     [
@@ -248,6 +288,12 @@ def test_short_runs_on_camvid_decrease_the_loss(method, backbone, params, cells,
     batch = next(open_dataset(mini_camvid).train.batches(4, shuffle=False))
     specs = RECIPES["byol"](64, (0.08, 1.0), True, IMAGENET_MEAN, IMAGENET_STD)
     views = make_views(batch.images, batch.sizes, specs, torch.Generator().manual_seed(0))
+    # the loss the method computes is the spec's, pair by pair (a wrong pair rule or a mixed-up
+    # direction would still lower the loss below, but not match this)
+    with torch.no_grad():
+        first = m(views)
+    reported = first.logs.get("pixel_loss", first.loss)
+    assert reported.item() == pytest.approx(_brute_force_pixel_loss(m, views), rel=1e-4, abs=1e-5)
     losses = []
     for step in range(1, 5):
         out = m(views)

@@ -194,18 +194,20 @@ def test_gradient_accumulation_steps_once_per_global_batch(small_cifar, tmp_path
     assert state["step"] == 3  # 100 images // 32 per optimiser step, each from 2 micro-batches of 16
 
 
-def test_schedules_layer_decay_and_the_epoch_hook_reach_the_optimiser(small_cifar, tmp_path, monkeypatch):
-    """poly lr, a cosine weight decay and layer-wise lr decay, as the optimiser saw them, and the
-    per-epoch method hook, called after each epoch before its checkpoint."""
+def test_schedules_layer_decay_and_the_method_hooks_reach_the_trainer(small_cifar, tmp_path, monkeypatch):
+    """poly lr, a cosine weight decay and layer-wise lr decay, as the optimiser saw them; the
+    per-epoch method hook, called after each epoch before its checkpoint; the crop-sampler hook."""
     from selfsup.methods.base import Method
     from selfsup.train.schedule import cosine_value, learning_rate
 
-    calls = []
+    calls, crops = [], []
     monkeypatch.setattr(Method, "on_epoch_end",
                         lambda self, epoch: calls.append((epoch, (tmp_path / "last.pt").is_file())))
+    monkeypatch.setattr(Method, "crop_sampler", lambda self, base: crops.append(base))  # random crops: None
     assert _pretrain("simclr", small_cifar, tmp_path, "train.knn_every=0", "optim.schedule=poly",
                      "optim.weight_decay=1e-4", "optim.weight_decay_end=0.01", "optim.layer_decay=0.5") == 0
     assert calls == [(1, False), (2, True)]  # epoch 1's hook ran before the first checkpoint existed
+    assert crops == [None] * 6  # the method is asked for its crop sampler at every step
     steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if "summary" not in r]
     total, warmup = 6, 3  # 2 epochs of 3 steps, 1 warm-up epoch; the preset's lr 0.5 and min_lr 0

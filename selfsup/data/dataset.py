@@ -23,7 +23,9 @@ class ImageDataset:
     """Images of one split, all delivered at one load size, with labels and original sizes.
 
     Pixels live either in memory (one uint8 tensor) or in files decoded while streaming;
-    both yield identical batches in the order fixed by ``selfsup.data.order``.
+    both yield identical batches in the order fixed by ``selfsup.data.order``. ``maps``: an
+    optional per-pixel map of every image (N, H, W) at the load size (saliency masks), which
+    every batch carries (``Batch.maps``).
     """
 
     def __init__(
@@ -33,12 +35,17 @@ class ImageDataset:
         sizes: torch.Tensor,
         classes: list[str],
         num_skipped: int = 0,
+        maps: torch.Tensor | None = None,
     ) -> None:
+        if maps is not None and (maps.shape[0] != len(labels) or tuple(maps.shape[1:]) != store.image_size):
+            raise DataError(f"per-pixel maps of shape {tuple(maps.shape)} do not fit {len(labels)} images of "
+                            f"{store.image_size}")
         self._store = store
         self.labels = labels
         self.sizes = sizes
         self.classes = classes
         self.num_skipped = num_skipped
+        self.maps = maps
 
     @classmethod
     def from_tensors(
@@ -47,8 +54,9 @@ class ImageDataset:
         labels: torch.Tensor | None = None,
         classes: list[str] | None = None,
         sizes: torch.Tensor | None = None,
+        maps: torch.Tensor | None = None,
     ) -> ImageDataset:
-        """An in-memory dataset from uint8 images (N, 3, H, W).
+        """An in-memory dataset from uint8 images (N, 3, H, W) (and per-pixel ``maps`` (N, H, W)).
 
         Without labels every label is -1; without class names labelled data gets "0", "1",
         ...; without sizes the original size is taken to be the images' own.
@@ -60,7 +68,7 @@ class ImageDataset:
             classes = [str(c) for c in range(int(labels.max()) + 1)] if n else []
         if sizes is None:
             sizes = torch.tensor(images.shape[-2:], dtype=torch.int64).repeat(n, 1)
-        return cls(TensorStore(images), labels.to(torch.int64), sizes, classes)
+        return cls(TensorStore(images), labels.to(torch.int64), sizes, classes, maps=maps)
 
     @property
     def has_labels(self) -> bool:
@@ -125,7 +133,8 @@ class ImageDataset:
 
     def _iterate(self, index_batches: list[torch.Tensor]) -> Iterator[Batch]:
         for indices, images in zip(index_batches, self._store.load(index_batches), strict=True):
-            yield Batch(images, self.sizes[indices], self.labels[indices], indices)
+            maps = None if self.maps is None else self.maps[indices]
+            yield Batch(images, self.sizes[indices], self.labels[indices], indices, maps)
 
     def subset(self, indices: torch.Tensor) -> ImageDataset:
         """The images at ``indices`` (int64 positions or a bool mask), re-indexed from 0.
@@ -136,7 +145,9 @@ class ImageDataset:
         if indices.dtype == torch.bool:
             indices = indices.nonzero().flatten()
         indices = indices.to(torch.int64)
-        return ImageDataset(self._store.subset(indices), self.labels[indices], self.sizes[indices], self.classes)
+        maps = None if self.maps is None else self.maps[indices]
+        return ImageDataset(self._store.subset(indices), self.labels[indices], self.sizes[indices], self.classes,
+                            maps=maps)
 
 
 def cap(dataset: ImageDataset, max_images: int, seed: int) -> ImageDataset:

@@ -91,7 +91,7 @@ def evaluate_run(
     ``data``, with the run's own views and evaluation size (``size`` 0); ``max_images`` caps
     the split to a fixed random subset (0 = all); ``random_init``: the untrained baseline."""
     from selfsup.data import cap
-    from selfsup.runs import load_run
+    from selfsup.train.runs import load_run
     from selfsup.views.recipes import view_specs
 
     cfg, method = load_run(checkpoint, random_init=random_init)

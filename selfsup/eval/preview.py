@@ -20,12 +20,13 @@ from selfsup.config import build_config
 from selfsup.core.errors import ConfigError
 from selfsup.data import cap, open_dataset
 from selfsup.methods import METHODS
-from selfsup.runs import checkpoint_file, load_run
 from selfsup.train import checkpoint as ckpt
+from selfsup.train.runs import checkpoint_file, load_run
 from selfsup.views.config import ViewsConfig
-from selfsup.views.contrastive_crop import ContrastiveCrop, CropSampler, FixedCenterCrop
+from selfsup.views.contrastive_crop import ContrastiveCrop
 from selfsup.views.preview import draw_grid
 from selfsup.views.recipes import ViewSpec
+from selfsup.views.samplers import CropSampler, FixedCenterCrop
 
 
 def write_preview(

@@ -12,6 +12,7 @@ from torch import nn
 from selfsup.core.tensors import upcast
 from selfsup.data import ImageDataset
 from selfsup.views.config import ViewsConfig
+from selfsup.views.samplers import CropSampler
 from selfsup.views.view import View
 
 
@@ -89,6 +90,13 @@ class Method(nn.Module):
     def on_fit_start(self, train: ImageDataset, views: ViewsConfig, device: torch.device) -> None:
         """Called once before the first step of a fresh run (not on resume: whatever it sets
         up is in the checkpoint), with the training set and the view settings."""
+
+    def crop_sampler(self, base: CropSampler | None) -> CropSampler | None:
+        """Where this step's crop boxes come from, given the run's sampler (``views.crop`` for the
+        running epoch; None: random-resized crops). A method with its own condition on the crops
+        wraps ``base`` (e.g. :class:`selfsup.views.resampled_crop.ResampledCrop`: MaskContrast's
+        "salient area in (1%, 99%)"), so it composes with ContrastiveCrop and the others."""
+        return base
 
     def optimizer_groups(self) -> list[dict]:
         """Parameters that need their own optimiser options, as ``{"params": ..., option: value}``

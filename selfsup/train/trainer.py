@@ -35,8 +35,9 @@ from selfsup.train import checkpoint as ckpt
 from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedule import cosine_value, learning_rate
-from selfsup.views.contrastive_crop import CropSampler, build_crop
+from selfsup.views.contrastive_crop import build_crop
 from selfsup.views.recipes import make_views, view_specs
+from selfsup.views.samplers import CropSampler
 
 
 @dataclass
@@ -195,7 +196,8 @@ class Trainer:
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
             batch = batch.to(self.dist.device)
-            views = make_views(batch.images, batch.sizes, self.specs, self.view_gen, self.epoch_crop(), batch.index)
+            crop = self.method.crop_sampler(self.epoch_crop())
+            views = make_views(batch.images, batch.sizes, self.specs, self.view_gen, crop, batch.index, batch.maps)
             for v in views:
                 v.index = batch.index
                 if self.cfg.train.channels_last:

@@ -121,6 +121,31 @@ def crop_resize(
     return out.mul_(1.0 / 255.0) if images.dtype == torch.uint8 else out
 
 
+def crop_resize_nearest(
+    maps: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor, out_size: int
+) -> torch.Tensor:
+    """Per-pixel maps under the same crop, resize and flip as :func:`crop_resize`, without blending.
+
+    maps: (B, H, W) of any dtype (masks, label maps), stored at the images' common H x W.
+    Every output pixel takes the value of the stored pixel that contains its centre's position
+    in the box (the geometry of ``crop_resize``: the same edges, the same mirroring where
+    x1 < x0). Returns (B, out_size, out_size) of the maps' dtype, on their device.
+    """
+    _, height, width = maps.shape
+    boxes = boxes.detach().to("cpu", torch.float64)
+    sizes = sizes.to("cpu", torch.float64)
+    centres = (torch.arange(out_size, dtype=torch.float64) + 0.5) / out_size
+    index = []
+    for c0, c1, original, stored in ((boxes[:, 0], boxes[:, 2], sizes[:, 1], width),
+                                     (boxes[:, 1], boxes[:, 3], sizes[:, 0], height)):
+        start, end = _edges(c0, c1, original, stored)
+        position = start[:, None] + (end - start)[:, None] * centres
+        index.append(position.floor().clamp(0, stored - 1).to(torch.int64).to(maps.device))
+    cols, rows = index
+    batch = torch.arange(maps.shape[0], device=maps.device)[:, None, None]
+    return maps[batch, rows[:, :, None], cols[:, None, :]]
+
+
 def _box_pool(images: torch.Tensor, level_y: int, level_x: int) -> torch.Tensor:
     """Float mean over 2**level_y x 2**level_x pixel blocks (trailing odd pixels dropped).
 

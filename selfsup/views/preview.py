@@ -10,7 +10,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from selfsup.views.boxes import sample_pixel_boxes
-from selfsup.views.contrastive_crop import ContrastiveCrop, CropSampler
+from selfsup.views.contrastive_crop import ContrastiveCrop
+from selfsup.views.samplers import CropSampler
 
 CROP_COLOURS = ("#00d0ff", "#ffd000", "#40ff40", "#ff40ff", "#ffffff", "#ff8000")
 BOX_COLOUR = "#ff2020"

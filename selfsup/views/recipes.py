@@ -21,6 +21,7 @@ from selfsup.views.ops import (
     blur_kernel_size,
     color_jitter,
     crop_resize,
+    crop_resize_nearest,
     gaussian_blur,
     grayscale,
     normalize,
@@ -29,7 +30,7 @@ from selfsup.views.ops import (
 from selfsup.views.view import View
 
 if TYPE_CHECKING:
-    from selfsup.views.contrastive_crop import CropSampler
+    from selfsup.views.samplers import CropSampler
 
 
 @dataclass(frozen=True)
@@ -134,15 +135,17 @@ def _make_view(
     generator: torch.Generator,
     crop: CropSampler | None = None,
     index: torch.Tensor | None = None,
+    maps: torch.Tensor | None = None,
 ) -> View:
     n = images.shape[0]
     if crop is None:
         boxes = sample_boxes(sizes, spec.scale, spec.ratio, generator)
     else:
-        boxes = normalize_boxes(crop.sample(sizes, spec.scale, spec.ratio, generator, index), sizes.cpu())
+        boxes = normalize_boxes(crop.sample(sizes, spec.scale, spec.ratio, generator, index, maps), sizes.cpu())
     flipped = torch.rand(n, generator=generator) < spec.flip_p
     boxes = flip_boxes(boxes, flipped)
     x = crop_resize(images, boxes, sizes, spec.size)  # mirrored where flipped
+    view_maps = None if maps is None else crop_resize_nearest(maps, boxes, sizes, spec.size)
     x = color_jitter(x, spec.jitter, spec.jitter_p, generator)
     x = grayscale(x, torch.rand(n, generator=generator) < spec.gray_p)
     low, high = spec.blur_sigma
@@ -151,7 +154,7 @@ def _make_view(
     x = gaussian_blur(x, sigmas, blurred, blur_kernel_size(spec.size))
     x = solarize(x, torch.rand(n, generator=generator) < spec.solarize_p)
     x = normalize(x, spec.mean, spec.std)
-    return View(x, boxes.to(images.device), flipped.to(images.device))
+    return View(x, boxes.to(images.device), flipped.to(images.device), maps=view_maps)
 
 
 def make_views(
@@ -161,6 +164,7 @@ def make_views(
     generator: torch.Generator,
     crop: CropSampler | None = None,
     index: torch.Tensor | None = None,
+    maps: torch.Tensor | None = None,
 ) -> list[View]:
     """One ``View`` per spec of a batch.
 
@@ -169,9 +173,11 @@ def make_views(
     generator: a CPU ``torch.Generator``; the same seed gives the same views.
     crop: where crop boxes come from: None for the random-resized crop, else a per-image
         sampler (``selfsup.views.contrastive_crop``: ContrastiveCrop, fixed centre crop)
-        that sees ``index``, the dataset index (B,) of every image.
+        that sees ``index``, the dataset index (B,) of every image, and ``maps``.
+    maps: optional (B, H, W) per-pixel maps at the images' stored size; every view carries them
+        under its own geometry (``View.maps``).
     """
-    return [_make_view(images, sizes, spec, generator, crop, index) for spec in specs]
+    return [_make_view(images, sizes, spec, generator, crop, index, maps) for spec in specs]
 
 
 def eval_view(images: torch.Tensor, size: int, mean: Stats, std: Stats) -> torch.Tensor:

@@ -18,9 +18,13 @@ class View:
     flipped: bool (B,), True where the view was mirrored.
     index: int64 (B,), the dataset index of every sample (set by the trainer; memory banks
         and instance classifiers use it), or None.
+    maps: (B, S, S) the batch's per-pixel maps (``Batch.maps``) under exactly this view's crop,
+        resize (nearest neighbour, no blending) and flip; the photometric ops leave them alone.
+        None when the batch has none.
     """
 
     images: torch.Tensor
     boxes: torch.Tensor
     flipped: torch.Tensor
     index: torch.Tensor | None = None
+    maps: torch.Tensor | None = None
