@@ -319,3 +319,17 @@ def test_cli_pretrain_with_preset_and_local_crops(name, cifar_subset, tmp_path, 
     knn = json.loads((tmp_path / "knn.json").read_text())
     assert (knn["train_images"], knn["test_images"]) == (100, 50)
     assert knn["knn_top1"] * 50 == pytest.approx(round(knn["knn_top1"] * 50))  # a share of the 50 test images
+
+
+def test_dino_multicrop_on_a_vit_takes_small_local_crops(cifar_batch):
+    """16 px local crops through a ViT built for 32 px (its position embeddings interpolated)."""
+    cfg = build_config({"method": "dino", "backbone": {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
+                                                       "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}},
+                        "views": {"size": 32, "local_crops": 2, "local_size": 16, "blur": False},
+                        "dino": SMALL["dino"]}, METHODS)
+    method = build_method(cfg, RunInfo(16, 2, 2))
+    views = _views(cfg, method, cifar_batch)
+    assert [v.images.shape[-1] for v in views] == [32, 32, 16, 16]
+    out = method(views)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and method.backbone.net.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
