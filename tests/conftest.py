@@ -1,4 +1,5 @@
-"""Shared test fixtures: real data from ``../shared/data`` and an isolated selfsup cache."""
+"""Shared test fixtures: real data from ``../shared/data``, an isolated selfsup cache and the
+pool of 2 gloo worker processes of the DDP tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_helpers import DDPPool
 
 from selfsup.data import open_dataset
 from selfsup.views.config import IMAGENET_MEAN, IMAGENET_STD
@@ -28,6 +30,16 @@ def selfsup_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SELFSUP_CACHE", str(cache))
         yield cache
+
+
+@pytest.fixture(scope="session")
+def ddp_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DDPPool]:
+    """Two persistent gloo processes (spawned on first use, one group for the whole session):
+    ``ddp_pool.run(fn, *args)`` returns ``[fn(0, *args), fn(1, *args)]``; see ``ddp_helpers``."""
+    pool = DDPPool(world_size=2, workdir=tmp_path_factory.mktemp("ddp-pool"))
+    pool.start()
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from ddp_helpers import free_port, join_gloo
+from ddp_helpers import free_port
 
 from selfsup.config import build_config
 from selfsup.methods import METHODS, build_method
@@ -38,21 +36,18 @@ def _grads(method: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: p.grad.detach().clone() for k, p in method.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, port: int, method_name: str, folder: str) -> None:
-    join_gloo(rank, WORLD, port)
-    data = torch.load(Path(folder) / "inputs.pt", weights_only=True)
+def _worker(rank: int, method_name: str, state: dict, images: torch.Tensor) -> dict:
     method = build_method(_config(method_name)).double()
-    method.load_state_dict(data["state"])
+    method.load_state_dict(state)
     info = DistInfo(rank, WORLD, rank, torch.device("cpu"))
     method, model = wrap_model(method, info, sync_bn=True)
-    out = model(_views(data["images"], slice(rank * PER_RANK, (rank + 1) * PER_RANK)))
+    out = model(_views(images, slice(rank * PER_RANK, (rank + 1) * PER_RANK)))
     out.loss.backward()
-    torch.save({"grads": _grads(method), "loss": out.loss.detach()}, Path(folder) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return {"grads": _grads(method), "loss": out.loss.detach()}
 
 
 @pytest.mark.parametrize("method_name", ["simclr", "byol"])
-def test_ddp_gradients_equal_single_process(method_name, tmp_path, cifar_images):
+def test_ddp_gradients_equal_single_process(method_name, cifar_images, ddp_pool):
     torch.manual_seed(0)
     method = build_method(_config(method_name)).double()
     n = WORLD * PER_RANK
@@ -60,15 +55,12 @@ def test_ddp_gradients_equal_single_process(method_name, tmp_path, cifar_images)
     # float64 throughout, so the comparison is not at the mercy of float32 summation order
     x = cifar_images[:n].double()
     images = torch.stack([x, torch.roll(x.flip(3), shifts=2, dims=2)])
-    torch.save({"state": method.state_dict(), "images": images}, tmp_path / "inputs.pt")
+    ranks = ddp_pool.run(_worker, method_name, method.state_dict(), images)
 
     out = method(_views(images, slice(0, n)))
     out.loss.backward()
     reference = _grads(method)
 
-    mp.start_processes(_worker, args=(free_port(), method_name, str(tmp_path)), nprocs=WORLD,
-                       start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert torch.allclose(torch.stack([r["loss"] for r in ranks]).mean(), out.loss, rtol=1e-4)
     for r in ranks:
         assert r["grads"].keys() == reference.keys()

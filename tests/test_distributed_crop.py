@@ -1,12 +1,7 @@
 """ContrastiveCrop under DDP: two CPU processes (gloo) each localise their shard of the
 dataset and end with the same full box table, in dataset order, as one process."""
 
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from ddp_helpers import free_port, join_gloo
 
 from selfsup.data import open_dataset
 from selfsup.models.backbones import BackboneConfig, build_backbone
@@ -28,27 +23,24 @@ def _dataset(folder: str):
     return open_dataset(folder).train.subset(torch.arange(NUM_IMAGES))
 
 
-def _worker(rank: int, port: int, data: str, folder: str) -> None:
-    join_gloo(rank, WORLD, port)
+def _worker(rank: int, data: str, state: dict) -> dict:
     backbone = build_backbone(BACKBONE)
-    backbone.load_state_dict(torch.load(Path(folder) / "backbone.pt", weights_only=True))
+    backbone.load_state_dict(state)
     crop = _crop()
     crop.update(backbone, _dataset(data), torch.device("cpu"))
-    torch.save({"boxes": crop.boxes, "training": backbone.training}, Path(folder) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return {"boxes": crop.boxes, "training": backbone.training}
 
 
-def test_ddp_boxes_are_gathered_in_dataset_order(cifar_subset, tmp_path):
+def test_ddp_boxes_are_gathered_in_dataset_order(cifar_subset, ddp_pool):
     data = str(cifar_subset(2, 0))
     torch.manual_seed(0)
     backbone = build_backbone(BACKBONE)
-    torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
+    ranks = ddp_pool.run(_worker, data, backbone.state_dict())
     reference = _crop()
     reference.update(backbone, _dataset(data), torch.device("cpu"))
     assert (reference.boxes != torch.tensor([0.0, 0, 1, 1])).any(1).sum() >= 3  # not all whole images
 
-    mp.start_processes(_worker, args=(free_port(), data, str(tmp_path)), nprocs=WORLD, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert len(ranks) == WORLD
     for r in ranks:
         assert r["training"]  # train mode restored after localisation
         assert torch.equal(r["boxes"], reference.boxes)

@@ -2,14 +2,9 @@
 Sinkhorn codes (sums all-reduced), DINO's centre (batch mean all-reduced), SwAV's queue and the
 gradients of both methods on multi-crop views (cross-rank batch norm via ``train.sync_bn``)."""
 
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from ddp_helpers import free_port, join_gloo
 
 from selfsup.config import build_config
 from selfsup.losses.clustering import sinkhorn_knopp
@@ -49,9 +44,7 @@ def _step(model, method, crops: list[torch.Tensor], sl: slice) -> dict:
     return {"loss": out.loss.detach(), "grads": grads, "buffers": buffers, "logs": out.logs}
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    join_gloo(rank, WORLD, port)
-    data = torch.load(Path(folder) / "inputs.pt", weights_only=True)
+def _worker(rank: int, data: dict) -> dict:
     sl = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     result = {"codes": sinkhorn_knopp(data["scores"][sl], 0.05, 3)}
     info = DistInfo(rank, WORLD, rank, torch.device("cpu"))
@@ -60,14 +53,12 @@ def _worker(rank: int, port: int, folder: str) -> None:
         method.load_state_dict(data[name])
         method, model = wrap_model(method, info, sync_bn=True)
         result[name] = _step(model, method, data["crops"], sl)
-    torch.save(result, Path(folder) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return result
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cifar_images):
-    """The single-process reference and the two ranks' results, from one spawn of 2 processes."""
-    folder = tmp_path_factory.mktemp("ddp-dino-swav")
+def runs(cifar_images, ddp_pool):
+    """The single-process reference and the two ranks' results, from one task of the 2-process pool."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -84,10 +75,9 @@ def runs(tmp_path_factory, cifar_images):
         method = _method(name)
         inputs[name] = {k: v.clone() for k, v in method.state_dict().items()}
         reference[name] = _step(method, method, crops, slice(0, N))
-    torch.save(inputs, folder / "inputs.pt")
-    mp.start_processes(_worker, args=(free_port(), str(folder)), nprocs=WORLD, start_method="spawn")
+    ranks = ddp_pool.run(_worker, inputs)
     torch.set_num_threads(threads)
-    return reference, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return reference, ranks
 
 
 def test_sinkhorn_codes_with_split_batch_equal_single_process(runs):

@@ -2,16 +2,11 @@
 a step and after ``queue_init: keys``) and shuffle across ranks, and the gradients of MoCo v2,
 MoCo v3, Barlow Twins and VICReg.
 
-One spawn runs every case (starting processes is the expensive part).
+One task of the session's 2-process pool (``ddp_pool``) runs every case.
 """
-
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from ddp_helpers import free_port, join_gloo
 
 from selfsup.config import build_config
 from selfsup.data import ImageDataset
@@ -61,9 +56,7 @@ def _step(method: torch.nn.Module, model: torch.nn.Module, views: list[View]) ->
     return result
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    join_gloo(rank, WORLD, port)
-    data = torch.load(Path(folder) / "inputs.pt", weights_only=True)
+def _worker(rank: int, data: dict) -> dict:
     sl = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     results = {}
     for name in SMALL:
@@ -78,14 +71,12 @@ def _worker(rank: int, port: int, folder: str) -> None:
     x = data["images"][0, sl]
     shuffled, inverse = batch_shuffle(x, torch.Generator().manual_seed(7))
     results["shuffle"] = {"shuffled": shuffled, "undone": batch_unshuffle(shuffled, inverse)}
-    torch.save(results, Path(folder) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cifar_images):
+def runs(cifar_images, ddp_pool):
     """Single-process references and the two ranks' results for the same global batch."""
-    folder = tmp_path_factory.mktemp("ddp-moco")
     torch.manual_seed(0)
     n = WORLD * PER_RANK
     x = cifar_images[:n]
@@ -100,9 +91,7 @@ def runs(tmp_path_factory, cifar_images):
     keyed.load_state_dict(inputs["mocov2"])
     reference["queue_init"] = _initial_queue(keyed, images)
     reference["random_queue"] = inputs["mocov2"]["queue"]
-    torch.save(inputs, folder / "inputs.pt")
-    mp.start_processes(_worker, args=(free_port(), str(folder)), nprocs=WORLD, start_method="spawn")
-    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    ranks = ddp_pool.run(_worker, inputs)
     return images, reference, ranks
 
 

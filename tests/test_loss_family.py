@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision
-from ddp_helpers import free_port, join_gloo
 
 from selfsup.cli import main
 from selfsup.config import ConfigError, build_config
@@ -341,9 +338,7 @@ def _param_grads(method):
     return {k: p.grad.detach().clone() for k, p in method.named_parameters() if p.grad is not None}
 
 
-def _ddp_worker(rank, port, folder):
-    join_gloo(rank, WORLD, port)
-    data = torch.load(Path(folder) / "inputs.pt", weights_only=True)
+def _ddp_worker(rank, data):
     out = []
     for params, state in zip(DDP_LOSSES, data["states"], strict=True):
         method = build_method(_simclr(**params)).double()
@@ -351,11 +346,10 @@ def _ddp_worker(rank, port, folder):
         method, model = wrap_model(method, DistInfo(rank, WORLD, rank, torch.device("cpu")), sync_bn=True)
         model(_views(data["images"], slice(rank * PER_RANK, (rank + 1) * PER_RANK))).loss.backward()
         out.append(_param_grads(method))
-    torch.save(out, Path(folder) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return out
 
 
-def test_ddp_gradients_equal_single_process_for_new_losses(tmp_path, cifar_images):
+def test_ddp_gradients_equal_single_process_for_new_losses(cifar_images, ddp_pool):
 
     # float64: in float32, round-off can flip near-ties of the stem's max-pool between the two
     # computations and move whole gradient entries (seen as ~1% differences, any loss)
@@ -363,14 +357,13 @@ def test_ddp_gradients_equal_single_process_for_new_losses(tmp_path, cifar_image
     x = cifar_images[torch.arange(WORLD * PER_RANK) * 12].double()  # images of 8 different classes
     images = torch.stack([x, torch.roll(x.flip(3), shifts=2, dims=2)])
     methods = [build_method(_simclr(**p)).double() for p in DDP_LOSSES]
-    torch.save({"states": [m.state_dict() for m in methods], "images": images}, tmp_path / "inputs.pt")
+    results = ddp_pool.run(_ddp_worker, {"states": [m.state_dict() for m in methods], "images": images})
     reference = []
     for m in methods:
         m(_views(images, slice(None))).loss.backward()
         reference.append(_param_grads(m))
-    mp.start_processes(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
-    for r in range(WORLD):
-        ranks = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+    assert len(results) == WORLD
+    for ranks in results:
         for params, grads, ref in zip(DDP_LOSSES, ranks, reference, strict=True):
             for k, g in ref.items():
                 diff = (grads[k] - g).norm()
