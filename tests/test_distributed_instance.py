@@ -5,18 +5,18 @@ InvaSpread's gradients (negatives from the other rank, gathered with gradient) m
 import torch
 
 from selfsup.config import build_config
-from selfsup.methods import RunInfo, build_method
+from selfsup.methods import METHODS, RunInfo, build_method
 from selfsup.train.distributed import DistInfo, wrap_model
 from selfsup.views.view import View
 
 WORLD = 2
 PER_RANK = 6
 NUM_IMAGES = 40
-METHODS = {"instdisc": {"num_negatives": 32}, "invaspread": {}}
+OPTIONS = {"instdisc": {"num_negatives": 32}, "invaspread": {}}
 
 
 def _method(name: str):
-    cfg = build_config({"method": name, "backbone": {"name": "resnet18"}, name: METHODS[name]})
+    cfg = build_config({"method": name, "backbone": {"name": "resnet18"}, name: OPTIONS[name]}, METHODS)
     return build_method(cfg, RunInfo(NUM_IMAGES))
 
 
@@ -36,7 +36,7 @@ def _step(method: torch.nn.Module, model: torch.nn.Module, views: list[View]) ->
 
 def _worker(rank: int, data: dict) -> dict:
     results = {}
-    for name in METHODS:
+    for name in OPTIONS:
         method = _method(name)
         method.load_state_dict(data[name])
         method, model = wrap_model(method, DistInfo(rank, WORLD, rank, torch.device("cpu")), sync_bn=True)
@@ -56,7 +56,7 @@ def test_instdisc_bank_and_invaspread_gradients_match_single_process(cifar_image
     x = cifar_images[:n]
     images = torch.stack([x, torch.roll(x.flip(3), shifts=2, dims=2)])
     index = torch.randperm(NUM_IMAGES)[:n]
-    methods = {name: _method(name) for name in METHODS}
+    methods = {name: _method(name) for name in OPTIONS}
     initial = methods["instdisc"].bank.clone()  # before the step (the bank is updated in place)
     ranks = ddp_pool.run(_worker, {"images": images, "index": index, **{k: m.state_dict() for k, m in methods.items()}})
     reference = {name: _step(m, m, _views(images, index, slice(0, n))) for name, m in methods.items()}
@@ -70,7 +70,7 @@ def test_instdisc_bank_and_invaspread_gradients_match_single_process(cifar_image
         assert torch.allclose(r["instdisc"]["buffers"]["log_z"], ref["log_z"], rtol=1e-5)
     assert torch.equal(ranks[0]["instdisc"]["buffers"]["bank"], ranks[1]["instdisc"]["buffers"]["bank"])
 
-    for name in METHODS:
+    for name in OPTIONS:
         ref = reference[name]
         assert torch.allclose(torch.stack([r[name]["loss"] for r in ranks]).mean(), ref["loss"], rtol=1e-4)
         for r in ranks:

@@ -35,7 +35,7 @@ def _initial_queue(method: torch.nn.Module, images: torch.Tensor) -> torch.Tenso
     """The queue after ``queue_init: keys`` over the 8 images of view 0 (20 rows: 2.5 passes)."""
     method.on_fit_start(ImageDataset.from_tensors(images[0]), build_config({"method": "mocov2"}, METHODS).views,
                         torch.device("cpu"))
-    return method.queue.clone()
+    return method.queue.rows.clone()
 
 
 def _views(images: torch.Tensor, sl: slice) -> list[View]:
@@ -52,7 +52,7 @@ def _step(method: torch.nn.Module, model: torch.nn.Module, views: list[View]) ->
     out.loss.backward()
     result = {"grads": _grads(method), "loss": out.loss.detach()}
     if hasattr(method, "queue"):
-        result.update(queue=method.queue.clone(), queue_ptr=method.queue_ptr.clone())
+        result.update(queue=method.queue.rows.clone(), queue_ptr=method.queue.ptr.clone())
     return result
 
 
@@ -90,7 +90,7 @@ def runs(cifar_images, ddp_pool):
     keyed = _build("mocov2", queue_init="keys")
     keyed.load_state_dict(inputs["mocov2"])
     reference["queue_init"] = _initial_queue(keyed, images)
-    reference["random_queue"] = inputs["mocov2"]["queue"]
+    reference["random_queue"] = inputs["mocov2"]["queue.rows"]
     ranks = ddp_pool.run(_worker, inputs)
     return images, reference, ranks
 

@@ -97,7 +97,8 @@ def pixpro_loss(y: torch.Tensor, target: torch.Tensor, positives: torch.Tensor) 
 
 
 def pixcontrast_loss(
-    q: torch.Tensor, k: torch.Tensor, positives: torch.Tensor, temperature: float = 0.3
+    q: torch.Tensor, k: torch.Tensor, positives: torch.Tensor, temperature: float = 0.3,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel-level contrastive loss, one direction (PixContrast, Xie et al., 2021, Eq. 1):
 
@@ -112,6 +113,10 @@ def pixcontrast_loss(
     q: (B, C, h1, w1) or (B, C, N1) online projections of view 1.
     k: (B, C, h2, w2) or (B, C, N2) momentum projections of view 2 (pass them detached).
     positives: bool (B, N1, N2), from :func:`positive_pairs`.
+    count: the divisor, by default this call's number of pixels with a positive. Under DDP pass
+        that number of the GLOBAL batch divided by the number of ranks (the ranks' mean), so
+        that the ranks' losses, averaged by DDP, are the global batch's average; ranks whose
+        shards hold different numbers of such pixels would otherwise weight them unequally.
     """
     logits = _cosines(q, k) / temperature
     has_pos = positives.any(dim=2)  # (B, N1)
@@ -120,4 +125,5 @@ def pixcontrast_loss(
     pos_logits = logits.masked_fill(~positives & has_pos[..., None], float("-inf"))
     per_pixel = torch.logsumexp(logits, dim=2) - torch.logsumexp(pos_logits, dim=2)
     per_pixel = torch.where(has_pos, per_pixel, torch.zeros_like(per_pixel))
-    return per_pixel.sum() / has_pos.sum().clamp(min=1)
+    divisor = has_pos.sum() if count is None else count
+    return per_pixel.sum() / divisor.to(per_pixel.dtype).clamp(min=1e-12)  # no positive anywhere: 0 / tiny = 0

@@ -9,8 +9,9 @@ Consistency for Unsupervised Visual Representation Learning", CVPR 2021, Section
   at least one positive), with positives pos(i) the cells of view 2 closer than T = 0.7 bin
   diagonals and negatives neg(i) all other cells of view 2 of the same image,
       L_i = -log( sum_{pos} exp(cos(x_i, x'_j) / tau) / sum_{pos u neg} exp(cos(x_i, x'_j) / tau) ),
-  tau = 0.3, averaged over such cells and summed over the two directions (view 1 queries
-  against view 2 keys and the reverse).
+  tau = 0.3, averaged over such cells of the global batch (under DDP each rank divides by the
+  ranks' mean count) and summed over the two directions (view 1 queries against view 2 keys
+  and the reverse).
 - Schedule: momentum 0.99 -> 1 (cosine per step), updated after every optimiser step.
 - Not in the official release; this follows the paper. As in PixPro here, both views share one
   batch through each encoder.
@@ -19,13 +20,13 @@ Consistency for Unsupervised Visual Representation Learning", CVPR 2021, Section
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from selfsup.core.checks import Positive
+from selfsup.core.comm import all_reduce_mean
 from selfsup.losses.pixel import pixcontrast_loss
 from selfsup.methods.base import RunInfo, StepOutput
 from selfsup.methods.pixel import PixelConfig, PixelMethod, pixel_embedding
@@ -49,13 +50,18 @@ class PixContrast(PixelMethod):
     def __init__(self, backbone: nn.Module, cfg: PixContrastConfig, run: RunInfo) -> None:
         super().__init__(backbone, cfg, run)
 
+    def contrast(self, q: torch.Tensor, k: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        """One direction of the loss, averaged over the global batch's pixels with a positive: each
+        rank divides by the ranks' mean count, so DDP's average of the ranks' losses is that of
+        one process holding the whole batch."""
+        count = all_reduce_mean(positives.any(dim=2).sum().to(torch.float64))
+        return pixcontrast_loss(q, k, positives, self.cfg.temperature, count)
+
     def forward(self, views: list[View]) -> StepOutput:
         images = torch.cat([views[0].images, views[1].images])
         online, _ = self.dense(images)
         with torch.no_grad():
             keys, _ = self.dense(images, target=True)
-        loss, positives = self.pair_loss(
-            views, online, keys, partial(pixcontrast_loss, temperature=self.cfg.temperature)
-        )
+        loss, positives = self.pair_loss(views, online, keys, self.contrast)
         logs = {"positives": positives, "momentum": torch.tensor(self.target.momentum)}
         return StepOutput(loss, logs, embedding=pixel_embedding(online[0]))
