@@ -43,10 +43,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         result = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
         if trainer.dist.is_main:
+            saved = trainer.last_saved
             where = (
-                f"epoch {trainer.epoch} is saved in {trainer.checkpoint_path}; continue with the "
-                "same command plus --resume" if trainer.checkpoint_path.is_file() else
-                "no epoch was completed, nothing to resume"
+                f"the run is saved at step {saved[1]} (epoch {saved[0]} completed) in {trainer.checkpoint_path}; "
+                "continue with the same command plus --resume" if saved is not None else
+                "no checkpoint was written yet, nothing to resume"
             )
             print(f"\ninterrupted: {where}", file=sys.stderr)
         return 130

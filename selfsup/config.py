@@ -36,6 +36,7 @@ from selfsup.core.checks import (
     field_hints,
 )
 from selfsup.core.errors import ConfigError
+from selfsup.data.decode import DEFAULT_MAX_PIXELS
 from selfsup.models.backbones import BackboneConfig
 from selfsup.views.config import ViewsConfig
 
@@ -45,6 +46,9 @@ class DataConfig(Checked):
     """Where the images come from (see ``selfsup.data.open_dataset``).
 
     max_images / max_test_images: use a fixed random subset of that many images (0 = all).
+    max_image_pixels: larger image files (width x height once upright) are skipped and counted
+    with a warning naming one: PIL's decompression-bomb guard, as a setting (default PIL's,
+    about 13,400 x 13,400).
     sliding_window: [size, stride] in images: PIC's sliding-window order instead of a fresh
     shuffle per epoch (``selfsup.data.order.sliding_window_order``); null: epoch order.
     """
@@ -58,6 +62,7 @@ class DataConfig(Checked):
     memory_limit_gb: NonNegative = 8.0
     num_workers: NonNegativeInt = 4
     sliding_window: tuple[PositiveInt, PositiveInt] | None = None
+    max_image_pixels: PositiveInt = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,7 +111,12 @@ class OptimConfig(Checked):
 class TrainConfig(Checked):
     """The training loop. ``batch_size`` is the GLOBAL batch over all ranks and
     accumulation steps; each step sees batch_size / (world_size * accum_steps) images per
-    rank per forward pass. ``dtype``: the precision of the weights; ``float64`` (no AMP) is for
+    rank per forward pass. ``checkpoint_every`` (steps) and ``checkpoint_minutes`` (wall time,
+    decided at log steps) add checkpoints within an epoch (0: off); every epoch ends with one;
+    ``--resume`` continues from any of them exactly (data order, random streams, optimiser,
+    schedules, EMA targets, queues, memory banks). ``log_every``: also how often the loss is
+    checked for NaN / inf (one host-device sync per log interval). ``dtype``: the precision of
+    the weights; ``float64`` (no AMP) is for
     exact comparisons, e.g. the golden trajectories of the tests, where float32 round-off,
     amplified by batch norm over a few images, would differ between CPUs."""
 
@@ -123,6 +133,8 @@ class TrainConfig(Checked):
     sync_bn: bool = False
     out_dir: str = "runs/run"
     log_every: PositiveInt = 10
+    checkpoint_every: NonNegativeInt = 0
+    checkpoint_minutes: NonNegative = 15.0
     knn_every: NonNegativeInt = 1
     knn_k: PositiveInt = 200
     knn_temperature: Positive = 0.1
@@ -133,6 +145,8 @@ class TrainConfig(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"train.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if self.batch_size % self.accum_steps:
             raise ConfigError(f"train.batch_size {self.batch_size} is not divisible by train.accum_steps "
                               f"{self.accum_steps}")

@@ -53,8 +53,10 @@ def test_timm_vit_tokens_as_feature_map_and_export(cifar_images):
 
 
 def test_unknown_backbone_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown backbone 'resnet19'"):
-        build_backbone(BackboneConfig("resnet19"))
+    with pytest.raises(ConfigError, match=r"backbone\.name: 'resnet19' is not a known backbone; available: resnet18"):
+        BackboneConfig("resnet19")
+    with pytest.raises(ConfigError, match="is not a known backbone"):
+        BackboneConfig("convnext_tiny")  # a timm model, but not a ViT
 
 
 # ---------------------------------------------------------------- dilated ResNets (output stride)

@@ -1,6 +1,8 @@
 """Two CPU processes (gloo) against one process holding the whole global batch: InstDisc's
-memory bank must end up identical on every rank and equal to the single-process bank, and
-InvaSpread's gradients (negatives from the other rank, gathered with gradient) must match."""
+memory bank must end up identical on every rank and equal to the single-process bank, and the
+gradients of InstDisc, InvaSpread (negatives from the other rank, gathered with gradient), PIC
+(sampled negative classes drawn alike on every rank) and Exemplar-CNN (its classifier's loss
+averaged over the global batch) must match."""
 
 import torch
 
@@ -12,12 +14,13 @@ from selfsup.views.view import View
 WORLD = 2
 PER_RANK = 6
 NUM_IMAGES = 40
-OPTIONS = {"instdisc": {"num_negatives": 32}, "invaspread": {}}
+OPTIONS = {"instdisc": {"num_negatives": 32}, "invaspread": {},
+           "pic": {"proj_hidden": 64, "proj_dim": 32, "num_negatives": 16}, "exemplar": {}}
 
 
 def _method(name: str):
     cfg = build_config({"method": name, "backbone": {"name": "resnet18"}, name: OPTIONS[name]}, METHODS)
-    return build_method(cfg, RunInfo(NUM_IMAGES))
+    return build_method(cfg, RunInfo(NUM_IMAGES)).double()
 
 
 def _views(images: torch.Tensor, index: torch.Tensor, sl: slice) -> list[View]:
@@ -46,14 +49,15 @@ def _worker(rank: int, data: dict) -> dict:
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    # float32 round-off only; a dropped cross-rank term or per-rank BN statistics are of order 1
-    return bool((a - b).norm() < 1e-3 * b.norm() + 1e-6)
+    # float64: round-off only (in float32, batch norm over 6 images amplifies it to a few percent
+    # of the first layer's gradient); a dropped cross-rank term or per-rank BN statistics are of order 1
+    return bool((a - b).norm() < 1e-6 * b.norm() + 1e-9)
 
 
 def test_instdisc_bank_and_invaspread_gradients_match_single_process(cifar_images, ddp_pool):
     torch.manual_seed(0)
     n = WORLD * PER_RANK
-    x = cifar_images[:n]
+    x = cifar_images[:n].double()
     images = torch.stack([x, torch.roll(x.flip(3), shifts=2, dims=2)])
     index = torch.randperm(NUM_IMAGES)[:n]
     methods = {name: _method(name) for name in OPTIONS}

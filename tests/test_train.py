@@ -104,7 +104,7 @@ def test_ctrl_c_then_resume_continues_the_same_run(method, small_cifar, tmp_path
     with monkeypatch.context() as m:
         _interrupt_at(m, 5)  # during epoch 2 (3 steps per epoch)
         assert _pretrain(method, small_cifar, tmp_path / "split", *extra) == 130
-    assert "epoch 1 is saved" in capsys.readouterr().err
+    assert "saved at step 3 (epoch 1 completed)" in capsys.readouterr().err
     assert torch.load(tmp_path / "split/last.pt", weights_only=True)["epoch"] == 1
     assert _pretrain(method, small_cifar, tmp_path / "split", *extra, "--resume") == 0
     a = torch.load(tmp_path / "straight/last.pt", weights_only=True)

@@ -84,3 +84,21 @@ class _AllReduceWithGrad(torch.autograd.Function):
 def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` over ranks, differentiably (identity on one process)."""
     return _AllReduceWithGrad.apply(x) if world_size() > 1 else x
+
+
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (``[obj]`` alone)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (``obj`` alone): a decision every rank must share."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -18,7 +18,7 @@ import torch
 from selfsup.data.folder import FolderSplit
 
 log = logging.getLogger("selfsup.data")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images and label maps turned upright by their EXIF orientation
 
 
 def fingerprint(split: FolderSplit, paths: list[str]) -> str:

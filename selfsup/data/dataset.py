@@ -11,6 +11,7 @@ import torch
 
 from selfsup.data.arrays import ImageArrays
 from selfsup.data.batch import Batch
+from selfsup.data.decode import DEFAULT_MAX_PIXELS
 from selfsup.data.errors import DataError
 from selfsup.data.folder import class_names, find_splits, is_labelled, scan
 from selfsup.data.loading import load_split
@@ -195,6 +196,7 @@ def _open_folder(
     cache: Path,
     memory_limit_bytes: float,
     num_workers: int,
+    max_pixels: int,
 ) -> DatasetSplits:
     train_dir, test_dir = find_splits(root)
     folders = [d for d in (train_dir, test_dir) if d is not None]
@@ -204,7 +206,7 @@ def _open_folder(
     for folder in folders:
         split_classes = classes if folder in labelled else []
         split = scan(folder, split_classes)
-        loaded = load_split(split, size, cache, memory_limit_bytes, num_workers)
+        loaded = load_split(split, size, cache, memory_limit_bytes, num_workers, max_pixels)
         opened.append(ImageDataset(loaded.store, loaded.labels, loaded.sizes, split_classes, loaded.num_skipped))
     return DatasetSplits(opened[0], opened[1] if len(opened) > 1 else None)
 
@@ -216,6 +218,7 @@ def open_dataset(
     cache_dir: str | os.PathLike | None = None,
     memory_limit_gb: float = 8.0,
     num_workers: int = 0,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DatasetSplits:
     """Open a dataset from an image folder, an archive of one, or a name (``cifar10``).
 
@@ -228,11 +231,13 @@ def open_dataset(
         its files. The limit applies to each split separately; named datasets always load
         into memory.
     num_workers: decoding processes for streamed splits.
+    max_image_pixels: files with more pixels (once upright) are skipped and counted, with a
+        warning naming one of them (a decompression bomb, or a file larger than expected).
     """
     size = normalize_load_size(load_size)
     cache = cache_root(cache_dir)
     source = resolve(os.fspath(spec), cache)
     if isinstance(source, Path):
-        return _open_folder(source, size, cache, memory_limit_gb * 2**30, num_workers)
+        return _open_folder(source, size, cache, memory_limit_gb * 2**30, num_workers, max_image_pixels)
     train, test = source
     return DatasetSplits(_from_arrays(train, size), _from_arrays(test, size) if test is not None else None)

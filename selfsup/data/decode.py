@@ -9,10 +9,16 @@ Conversions to RGB:
 - anything with transparency (RGBA, LA, PA, P or RGB with a transparent colour) is
   composited onto BLACK: each channel becomes round(value * alpha / 255);
 - palette (P), CMYK, YCbCr and the rest go through PIL's own conversion to RGB.
+
+Every file is first turned upright by its EXIF orientation tag (``ImageOps.exif_transpose``;
+phone photos), for images and label / mask maps alike, so that they stay aligned, and its
+size is that of the upright image. Size limits are the caller's (``data.max_image_pixels``,
+checked on the header sizes): PIL's own decompression-bomb warning and error are off here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,12 +26,23 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 T = TypeVar("T")
 
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_ORIENTATION = 0x0112  # the EXIF tag
+_TRANSPOSED = frozenset({5, 6, 7, 8})  # orientations that swap height and width
+DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default limit (about 13,400 x 13,400)
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """A file opened with PIL and turned upright by its EXIF orientation (the pixels load)."""
+    Image.MAX_IMAGE_PIXELS = None  # the size limit is checked on header sizes (``read_size``)
+    with Image.open(path) as im:
+        yield ImageOps.exif_transpose(im)
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
@@ -46,8 +63,11 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def read_size(path: str | Path) -> tuple[int, int]:
-    """The (height, width) of an image file, from its header only."""
+    """The (height, width) of an image file once upright (EXIF orientation), from its header only."""
+    Image.MAX_IMAGE_PIXELS = None
     with Image.open(path) as im:
+        if im.getexif().get(_ORIENTATION) in _TRANSPOSED:
+            return im.width, im.height
         return im.height, im.width
 
 
@@ -57,7 +77,7 @@ def decode(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[i
     Resizing is PIL's bilinear filter, which antialiases when shrinking, applied to each
     axis independently (the aspect ratio is not preserved).
     """
-    with Image.open(path) as im:
+    with open_image(path) as im:
         original = (im.height, im.width)
         rgb = to_rgb(im)
     if original != size:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from selfsup.data.cache import fingerprint, load_entry, save_entry
-from selfsup.data.decode import decode_many, read_sizes
+from selfsup.data.decode import DEFAULT_MAX_PIXELS, decode_many, read_sizes
 from selfsup.data.errors import DataError
 from selfsup.data.folder import FolderSplit
 from selfsup.data.parallel import map_chunks
@@ -87,11 +87,13 @@ def load_split(
     cache: Path,
     memory_limit_bytes: float,
     num_workers: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> LoadedSplit:
     """Read a split's headers, then decode it into memory if it fits, else stream it.
 
-    Unreadable files are skipped and reported in one warning line; a split with no
-    readable image raises DataError.
+    Unreadable files, and files of more than ``max_pixels`` pixels (decompression bombs, or
+    just too large: ``data.max_image_pixels``), are skipped and reported in one warning line
+    each kind; a split with no readable image raises DataError.
     """
     if not split.files:
         raise DataError(f"no images found in {split.root}")
@@ -100,10 +102,18 @@ def load_split(
     fp = fingerprint(split, paths)
     index = _header_index(split, paths, fp, cache)
     keep = index["ok"].clone()
+    large = keep & (index["sizes"].prod(dim=1) > max_pixels)
+    if large.any():
+        first = int(large.nonzero()[0])
+        h, w = index["sizes"][first].tolist()
+        log.warning("skipped %d image file(s) of more than data.max_image_pixels=%d pixels in %s, e.g. %s "
+                    "(%d x %d); raise the setting to read them", int(large.sum()), max_pixels, split.root,
+                    split.files[first], w, h)
+        keep &= ~large
     _require_some(keep, split)
     size = choose_load_size(load_size, index["sizes"][keep])
     if int(keep.sum()) * 3 * size[0] * size[1] <= memory_limit_bytes:
-        key = hashlib.sha256(f"{fp}\0{size[0]}x{size[1]}".encode()).hexdigest()
+        key = hashlib.sha256(f"{fp}\0{size[0]}x{size[1]}\0{max_pixels}".encode()).hexdigest()
         decoded_path = cache / "decoded" / f"{key}.pt"
         entry = load_entry(decoded_path)
         if entry is None:
@@ -118,12 +128,14 @@ def load_split(
         store = FileStore([p for p, k in zip(paths, keep.tolist(), strict=True) if k], size, num_workers)
     _require_some(keep, split)
     skipped = [rel for rel, k in zip(split.files, keep.tolist(), strict=True) if not k]
-    if skipped:
+    unreadable = [rel for rel, k, big in zip(split.files, keep.tolist(), large.tolist(), strict=True)
+                  if not k and not big]
+    if unreadable:
         log.warning(
             "skipped %d unreadable image file(s) in %s: %s",
-            len(skipped),
+            len(unreadable),
             split.root,
-            describe_files(skipped),
+            describe_files(unreadable),
         )
     labels = torch.tensor(split.labels, dtype=torch.int64)[keep]
     return LoadedSplit(store, index["sizes"][keep], labels, len(skipped))

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from selfsup.data.cache import fingerprint, load_entry, save_entry
-from selfsup.data.decode import decode_many, read_sizes
+from selfsup.data.decode import decode_many, open_image, read_sizes
 from selfsup.data.errors import DataError
 from selfsup.data.folder import FolderSplit, scan
 from selfsup.data.parallel import map_chunks
@@ -117,8 +117,9 @@ class SegmentationData:
 
 def decode_label(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray | None:
     """A label map as uint8 (H, W) resized with nearest neighbour to ``size``; None when it is
-    not a single-channel index map (RGB, or values of 256 and more)."""
-    with Image.open(path) as im:
+    not a single-channel index map (RGB, or values of 256 and more). An EXIF orientation tag
+    turns it upright, as it does the image (``selfsup.data.decode.open_image``)."""
+    with open_image(path) as im:
         if im.mode in ("L", "P"):
             values = np.asarray(im)
         elif im.mode.startswith("I"):

@@ -61,12 +61,23 @@ class BackboneConfig(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not (self.is_resnet or is_vit_name(self.name)):
+            raise ConfigError(f"backbone.name: {self.name!r} is not a known backbone; available: {', '.join(RESNETS)} "
+                              "or a timm model of the vit_ / deit_ / deit3_ / beit_ families")
         if not self.is_resnet and self.output_stride != 32:
             raise ConfigError(f"backbone.output_stride {self.output_stride} needs a ResNet, got {self.name!r}")
 
     @property
     def is_resnet(self) -> bool:
         return self.name in RESNETS
+
+
+def is_vit_name(name: str) -> bool:
+    """Whether ``name`` is a timm model that :class:`ViTBackbone` drives."""
+    import timm
+    from timm.models import is_model_in_modules
+
+    return timm.is_model(name) and is_model_in_modules(name, VIT_MODULES)
 
 
 def dilate_basic_stage(stage: nn.Sequential, dilation: int, first_dilation: int) -> None:
@@ -289,13 +300,7 @@ class ViTBackbone(nn.Module):
 
 
 def build_backbone(cfg: BackboneConfig) -> ResNetBackbone | ViTBackbone:
-    """Build the encoder named by ``cfg.name``; unknown names get a one-line ValueError."""
+    """Build the encoder named by ``cfg.name`` (checked by ``BackboneConfig``)."""
     if cfg.name in RESNETS:
         return ResNetBackbone(cfg)
-    import timm
-    from timm.models import is_model_in_modules
-
-    if timm.is_model(cfg.name) and is_model_in_modules(cfg.name, VIT_MODULES):
-        return ViTBackbone(cfg)
-    known = ", ".join([*RESNETS, "vit_* / deit_* / deit3_* / beit_* (timm)"])
-    raise ValueError(f"unknown backbone {cfg.name!r}; available: {known}")
+    return ViTBackbone(cfg)  # BackboneConfig accepts no other name

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.config import ConfigError, PretrainConfig
+from selfsup.core.comm import broadcast_object, gather_objects
 from selfsup.data import DatasetSplits, cap, open_dataset
 from selfsup.methods import RunInfo, build_method
 from selfsup.methods.base import effective_rank, embedding_std
@@ -95,7 +96,8 @@ class Trainer:
         seed_everything(t.seed + self.dist.rank)
         d = cfg.data
         splits = open_dataset(
-            d.path, load_size=d.load_size, memory_limit_gb=d.memory_limit_gb, num_workers=d.num_workers
+            d.path, load_size=d.load_size, memory_limit_gb=d.memory_limit_gb, num_workers=d.num_workers,
+            max_image_pixels=d.max_image_pixels,
         )
         self.splits = DatasetSplits(
             cap(splits.train, d.max_images, t.seed),
@@ -122,11 +124,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.precision.scaler)
         self.view_gen = torch.Generator().manual_seed(t.seed * 1000 + self.dist.rank)
         self.crop = build_crop(cfg.views, len(self.splits.train), t.eval_batch_size)
-        self.epoch = 0
-        self.step = 0
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed optimiser steps
+        self.epoch_step = 0  # completed optimiser steps of the running epoch
+        self.epoch_sums: dict[str, float] = {}  # the running epoch's logged values, summed
+        self.last_saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint
+        self.last_save_time = time.monotonic()
 
     # ---------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng_per_rank: list[Any] | None = None) -> dict[str, Any]:
+        """The whole training state; ``rng_per_rank``: every rank's random streams (default:
+        this process's only)."""
+        rng = rng_per_rank or [ckpt.rng_state(self.view_gen)]
         return {
             "config": self.cfg.to_dict(),
             "run": dataclasses.asdict(self.run),
@@ -135,7 +144,11 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "rng": ckpt.rng_state(self.view_gen),
+            "epoch_step": self.epoch_step,
+            "epoch_sums": dict(self.epoch_sums),
+            "metrics_bytes": self.metrics_path.stat().st_size if self.metrics_path.is_file() else 0,
+            "rng": rng[0],
+            "rng_per_rank": rng,
             "crop": {} if self.crop is None else self.crop.state_dict(),
         }
 
@@ -144,9 +157,35 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
-        ckpt.set_rng_state(state["rng"], self.view_gen)
+        self.epoch_step, self.epoch_sums = state.get("epoch_step", 0), dict(state.get("epoch_sums", {}))
+        per_rank = state.get("rng_per_rank", [state["rng"]])
+        own = per_rank[self.dist.rank] if len(per_rank) == self.dist.world_size else state["rng"]
+        ckpt.set_rng_state(own, self.view_gen)
         if self.crop is not None and state.get("crop"):
             self.crop.load_state_dict(state["crop"])
+        self.last_saved = (self.epoch, self.step)
+
+    def save_checkpoint(self) -> None:
+        """Write ``last.pt`` (every rank calls this: the ranks' random streams are gathered)."""
+        rng = gather_objects(ckpt.rng_state(self.view_gen))
+        if self.dist.is_main:
+            ckpt.save_atomic(self.state_dict(rng), self.checkpoint_path)
+        self.last_saved = (self.epoch, self.step)
+        self.last_save_time = time.monotonic()
+
+    def checkpoint_due(self, log_now: bool) -> bool:
+        """A mid-epoch checkpoint after this step: every ``train.checkpoint_every`` steps, or at a
+        log step once ``train.checkpoint_minutes`` have passed (rank 0's clock decides)."""
+        t = self.cfg.train
+        if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            return True
+        if not (t.checkpoint_minutes and log_now):
+            return False
+        return bool(broadcast_object(time.monotonic() - self.last_save_time >= 60 * t.checkpoint_minutes))
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
 
     @property
     def checkpoint_path(self) -> Path:
@@ -154,8 +193,16 @@ class Trainer:
 
     def log(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with ckpt.writing(self.metrics_path), open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def non_finite(self, values: dict[str, float]) -> FloatingPointError:
+        """The one-line error of a NaN / inf loss: the step, the logged terms, the last good checkpoint."""
+        terms = ", ".join(f"{k} {v:.6g}" for k, v in values.items() if k not in ("lr", "weight_decay"))
+        saved = (f"the last good checkpoint {self.checkpoint_path} (epoch {self.last_saved[0]}, step "
+                 f"{self.last_saved[1]}) is unchanged: fix the cause (a lower optim.lr, optim.grad_clip), then "
+                 "continue with --resume" if self.last_saved else "no checkpoint was written yet")
+        return FloatingPointError(f"non-finite loss {values['loss']} at step {self.step} ({terms}); {saved}")
 
     # ---------------------------------------------------------------- loop
     def epoch_crop(self) -> CropSampler | None:
@@ -232,11 +279,12 @@ class Trainer:
         return logs
 
     def train_epoch(self) -> dict[str, float]:
+        """Train the running epoch from its step ``epoch_step`` on (0, or where a checkpoint left it)."""
         t = self.cfg.train
         batches = self.splits.train.batches(
             self.micro_batch, shuffle=True, seed=t.seed, epoch=self.epoch,
             rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
-            window=self.cfg.data.sliding_window,
+            window=self.cfg.data.sliding_window, start_batch=self.epoch_step * t.accum_steps,
         )
         bar = tqdm(
             total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", file=sys.stderr,
@@ -245,9 +293,10 @@ class Trainer:
         self.method.train()
         images_per_step = t.batch_size
         start = time.perf_counter()
-        sums: dict[str, float] = {}
+        sums = self.epoch_sums
         pending: list = []
-        done = 0
+        first = done = self.epoch_step
+        bar.update(first)
         for batch in batches:
             pending.append(batch)
             if len(pending) < t.accum_steps:
@@ -256,28 +305,32 @@ class Trainer:
             logs = self.train_step(pending, monitor=log_now)
             pending = []
             done += 1
+            self.epoch_step = done
             if log_now:
                 values = {k: float(v) for k, v in logs.items()}  # one host sync per log interval
                 if not math.isfinite(values["loss"]):
-                    raise FloatingPointError(f"loss is {values['loss']} at step {self.step}")
+                    raise self.non_finite(values)
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 sums["_n"] = sums.get("_n", 0) + 1
                 elapsed = time.perf_counter() - start
-                ips = done * images_per_step / elapsed
-                remaining = (self.total_steps - self.step) * elapsed / done
+                ips = (done - first) * images_per_step / elapsed
+                remaining = (self.total_steps - self.step) * elapsed / (done - first)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{ips:.0f}",
                                 eta=time.strftime("%H:%M:%S", time.gmtime(remaining)))
                 self.log({"epoch": self.epoch + 1, "step": self.step, **values, "img_per_s": ips})
             bar.update(1)
             if done == self.steps_per_epoch:
                 break
+            if self.checkpoint_due(log_now):
+                self.save_checkpoint()
         bar.close()
         elapsed = time.perf_counter() - start
         n = sums.pop("_n", 1)
         summary = {k: v / n for k, v in sums.items()}
-        summary["img_per_s"] = done * images_per_step / elapsed
+        summary["img_per_s"] = (done - first) * images_per_step / elapsed
         summary["epoch_time_s"] = elapsed
+        self.epoch_step, self.epoch_sums = 0, {}
         return summary
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -286,10 +339,16 @@ class Trainer:
         if resume:
             if not self.checkpoint_path.is_file():
                 raise ConfigError(f"--resume: no checkpoint to resume at {self.checkpoint_path}")
-            self.load_state_dict(ckpt.load(self.checkpoint_path))
+            state = ckpt.load(self.checkpoint_path)
+            self.load_state_dict(state)
+            if self.dist.is_main and self.metrics_path.is_file():  # drop what was logged after the checkpoint
+                with ckpt.writing(self.metrics_path), open(self.metrics_path, "r+b") as f:
+                    f.truncate(state.get("metrics_bytes", f.seek(0, 2)))
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            with ckpt.writing(self.out / "config.yaml"):
+                self.out.mkdir(parents=True, exist_ok=True)
+                ckpt.remove_stale_temporaries(self.checkpoint_path)
+                (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         if self.step == 0:
             self.method.on_fit_start(self.splits.train, self.cfg.views, self.dist.device)
         if self.dist.is_main and self.epoch == 0:
@@ -310,8 +369,8 @@ class Trainer:
             measured = self.monitor.after_epoch(self) if self.monitor is not None else {}
             record.update(measured)
             self.log(record)
+            self.save_checkpoint()
             if self.dist.is_main:
-                ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
                 extra = "".join(f", {k} {v:.4f}" for k, v in measured.items())
                 print(f"epoch {self.epoch}/{t.epochs}: loss {summary.get('loss', float('nan')):.4f}, "
                       f"{summary['img_per_s']:.0f} img/s{extra}", file=sys.stderr)
@@ -323,5 +382,6 @@ class Trainer:
         if self.monitor is not None:
             result.update(self.monitor.after_fit(self))
         if self.dist.is_main:
-            torch.save(self.method.backbone.export_state_dict(), self.out / "backbone.pth")
+            with ckpt.writing(self.out / "backbone.pth"):
+                torch.save(self.method.backbone.export_state_dict(), self.out / "backbone.pth")
         return result
