@@ -2,7 +2,7 @@
 
     python benchmarks/camvid_dense.py --data ../shared/data/camvid-trainval.tar.gz --device cuda
 
-For each method preset (``configs/camvid/<name>.yaml``: pixpro, pixcontrast, pixpro_instance,
+For each method preset (``camvid/<name>``, ``selfsup/presets/camvid/<name>.yaml``: pixpro, pixcontrast, pixpro_instance,
 byol, simclr by default; a path to any preset YAML also works) the script
 1. pre-trains on the UNLABELLED CamVid train frames (the trainer reads ``camvid/train/`` only,
    never the ``*annot/`` label folders), with the preset's backbone, crops and budget, the
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from selfsup.config import PretrainConfig, build_config, load_yaml, merge, parse_overrides
+from selfsup.config import PretrainConfig, build_config, find_config, load_yaml, merge, parse_overrides
 from selfsup.eval.dense import DenseConfig, dense_eval, save_figure
 from selfsup.eval.online import OnlineKNN
 from selfsup.methods import METHODS
@@ -41,9 +41,9 @@ DEFAULT_METHODS = ("pixpro", "pixcontrast", "pixpro_instance", "byol", "simclr")
 
 
 def preset_path(name: str) -> Path:
-    """``pixpro`` -> configs/camvid/pixpro.yaml; a path to a YAML file stays as it is."""
+    """``pixpro`` -> the preset camvid/pixpro; a path to a YAML file stays as it is."""
     path = Path(name)
-    return path if path.suffix in (".yaml", ".yml") else ROOT / "configs" / "camvid" / f"{name}.yaml"
+    return path if path.suffix in (".yaml", ".yml") else find_config(f"camvid/{name}")
 
 
 def pretrain_config(preset: Path, args: argparse.Namespace) -> PretrainConfig:
@@ -144,7 +144,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/camvid-trainval.tar.gz"))
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                   help="preset names in configs/camvid/ or paths to preset YAML files")
+                   help="preset names of camvid/ (selfsup presets) or paths to preset YAML files")
     p.add_argument("--epochs", type=int, help="pre-training epochs for every method (default: the presets')")
     p.add_argument("--batch-size", type=int, help="pre-training batch for every method (default: the presets')")
     p.add_argument("--crop-size", type=int, help="views.size for every method (default: the presets')")

@@ -6,7 +6,7 @@ The claim checked (Peng et al., CVPR 2022): ContrastiveCrop improves linear accu
 random-resized crops by +0.4 to +2.0 points for SimCLR, MoCo, BYOL and SimSiam on CIFAR-10,
 at almost no extra cost. For each method (simclr, byol, mocov2, simsiam: those registered),
 each seed and each crop sampler (``views.crop`` = random | contrastive), one pre-training run
-with the method's CIFAR-10 preset (configs/cifar10/<method>.yaml: ResNet-18 with the CIFAR
+with the method's CIFAR-10 preset (the preset cifar10/<method>: ResNet-18 with the CIFAR
 stem, RRC scale (0.2, 1), no blur, CIFAR mean/std) and a SHARED budget overriding it: the
 same ``--images`` real CIFAR-10 train images, ``--epochs``, ``--batch-size`` (preset lr scaled
 linearly from the preset batch), no lr warm-up and cosine down to lr / 10 (the small-scale
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.config import build_config, load_yaml, merge
+from selfsup.config import build_config, find_config, load_yaml, merge
 from selfsup.data import DatasetSplits, cap, open_dataset
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
@@ -74,7 +74,7 @@ def schedule(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def config_for(method: str, crop: str, seed: int, args: argparse.Namespace, out: Path):
-    raw = load_yaml(ROOT / f"configs/cifar10/{method}.yaml")
+    raw = load_yaml(find_config(f"cifar10/{method}"))
     preset_batch = raw.get("train", {}).get("batch_size", args.batch_size)
     lr = raw.get("optim", {}).get("lr", 0.5) * args.batch_size / preset_batch
     warmup, interval = schedule(args)

@@ -2,7 +2,7 @@
 
     python benchmarks/instance_methods.py --images 5000 --epochs 8 --batch-size 128
 
-For each method: its CIFAR-10 preset (configs/cifar10/<method>.yaml: heads, loss, temperature,
+For each method: its CIFAR-10 preset (the preset cifar10/<method>: heads, loss, temperature,
 momentum, view recipe) with a SHARED budget and backbone overriding the preset: ResNet-18 (the
 standard ImageNet stem by default, cheap at 32 px on a CPU; ``--cifar-stem`` for the paper
 backbone), the same ``--images`` real CIFAR-10 train images, ``--epochs``, ``--batch-size``,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.config import build_config, load_yaml, merge, parse_overrides
+from selfsup.config import build_config, find_config, load_yaml, merge, parse_overrides
 from selfsup.data import DatasetSplits, ImageDataset, cap, open_dataset
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
@@ -58,7 +58,7 @@ def evaluate(backbone: torch.nn.Module, splits: DatasetSplits, cfg, device: torc
 
 
 def config_for(method: str, args: argparse.Namespace, out: Path):
-    raw = load_yaml(ROOT / f"configs/cifar10/{method}.yaml")
+    raw = load_yaml(find_config(f"cifar10/{method}"))
     preset_batch = raw.get("train", {}).get("batch_size", args.batch_size)
     lr = raw.get("optim", {}).get("lr", 0.3) * args.batch_size / preset_batch
     raw = merge(raw, {

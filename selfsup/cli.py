@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
-from selfsup.config import ConfigError, build_config, load_yaml, merge, parse_overrides
+from selfsup.config import ConfigError, build_config, find_config, load_yaml, merge, parse_overrides, preset_names
 from selfsup.core.device import resolve_device
 from selfsup.core.errors import CheckpointError
 from selfsup.data import DataError, open_dataset
+from selfsup.data.sources import NAMED_DATASETS
 from selfsup.methods import METHODS
 
 
@@ -21,7 +24,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from selfsup.eval.online import OnlineKNN
     from selfsup.train.trainer import Trainer
 
-    raw: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    raw: dict[str, Any] = load_yaml(find_config(args.config)) if args.config else {}
+    if not args.config:
+        raw = _default_preset(args.data, args.method or "simclr")
     shortcuts = {
         "method": args.method,
         "data": {"path": args.data},
@@ -53,6 +58,25 @@ def _pretrain(args: argparse.Namespace) -> int:
         return 130
     if trainer.dist.is_main:
         print(json.dumps(result))
+    return 0
+
+
+def _default_preset(data: str | None, method: str) -> dict[str, Any]:
+    """Without ``--config``: a named dataset's own preset for the method (say so in one line),
+    else the method's library defaults, which are the ImageNet-style 224 px recipe (say that)."""
+    if data in NAMED_DATASETS and f"{data}/{method}" in preset_names():
+        print(f"selfsup: no --config: using the preset {data}/{method} (`selfsup presets` lists the others)",
+              file=sys.stderr)
+        return load_yaml(find_config(f"{data}/{method}"))
+    print(f"selfsup: no --config: {method}'s library defaults (the 224 px ImageNet-style recipe); pick a preset "
+          "with --config, e.g. cifar10/simclr (`selfsup presets` lists them)", file=sys.stderr)
+    return {}
+
+
+def _presets(_: argparse.Namespace) -> int:
+    for name in preset_names():
+        first = find_config(name).read_text().splitlines()[0].lstrip("# ").strip()
+        print(f"{name:<28}  {first}")
     return 0
 
 
@@ -202,14 +226,31 @@ def _eval_parser(sub: argparse._SubParsersAction, name: str, help_: str) -> argp
     return p
 
 
+class SuggestingParser(argparse.ArgumentParser):
+    """argparse, with the nearest valid choice suggested for a mistyped command or option value."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'?([\w-]+)'?", match.group(2))
+            close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.4)
+            if close:
+                message = f"{message}; did you mean {close[0]!r}?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfsup", description=__doc__)
+    parser = SuggestingParser(prog="selfsup", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pre-train an encoder with a self-supervised method")
+    p = sub.add_parser("pretrain", aliases=["train"], help="pre-train an encoder with a self-supervised method")
     p.add_argument("--method", help="method name (see `selfsup methods`)")
     p.add_argument("--data", help="image folder, .tar/.tar.gz/.zip archive, or cifar10")
-    p.add_argument("--config", help="YAML preset, e.g. configs/cifar10/simclr.yaml")
+    p.add_argument("--config", help="a preset name (cifar10/simclr; `selfsup presets` lists them) or a YAML file")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. optim.lr=0.5 train.epochs=10")
     p.add_argument("--epochs", type=int)
@@ -275,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the available methods")
     p.set_defaults(func=_methods)
+    p = sub.add_parser("presets", help="list the shipped presets (names for --config)")
+    p.set_defaults(func=_presets)
 
     vw = sub.add_parser("views", help="look at the views").add_subparsers(dest="views_kind", required=True)
     p = vw.add_parser("preview", help="PNG of training images with sampled crops (and ContrastiveCrop boxes)")

@@ -310,6 +310,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+PRESETS = Path(__file__).parent / "presets"  # package data: <dataset>/<method>.yaml
+
+
+def preset_names() -> list[str]:
+    """Every shipped preset, as ``<dataset>/<method>`` (``selfsup presets`` prints them)."""
+    return sorted(p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.glob("*/*.yaml"))
+
+
+def find_config(spec: str | Path) -> Path:
+    """A ``--config`` value as a file: an existing path, else a preset name (``cifar10/simclr``,
+    also ``cifar10/simclr.yaml`` or the checkout path ``configs/cifar10/simclr.yaml``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    if (PRESETS / f"{name}.yaml").is_file():
+        return PRESETS / f"{name}.yaml"
+    close = difflib.get_close_matches(name, preset_names(), n=1)
+    hint = f" (did you mean the preset {close[0]!r}?)" if close else " (`selfsup presets` lists the presets)"
+    raise ConfigError(f"config not found: {spec} is neither a file nor a preset{hint}")
+
+
 def build_config(raw: dict[str, Any], methods: Mapping[str, Any]) -> PretrainConfig:
     """Build and validate a PretrainConfig from a nested dict (preset merged with overrides).
 

@@ -4,21 +4,21 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.config import ConfigError, build_config, load_yaml, merge, parse_overrides
+from selfsup.config import ConfigError, build_config, find_config, load_yaml, merge, parse_overrides, preset_names
 from selfsup.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("preset", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_builds_and_round_trips(preset):
-    cfg = build_config(load_yaml(preset), METHODS)
+    cfg = build_config(load_yaml(find_config(preset)), METHODS)
     again = build_config(cfg.to_dict(), METHODS)
     assert again.to_dict() == cfg.to_dict()
 
 
 def test_overrides_are_typed_and_merged():
-    raw = merge(load_yaml(ROOT / "configs/cifar10/simclr.yaml"),
+    raw = merge(load_yaml(find_config("cifar10/simclr")),
                 parse_overrides(["optim.lr=0.25", "train.epochs=3", "simclr.temperature=0.2",
                                  "views.scale=[0.3, 1]", "data.load_size=null", "optim.weight_decay=1e-6"]))
     cfg = build_config(raw, METHODS)

@@ -239,7 +239,7 @@ RUN = ["backbone.cifar_stem=false", "backbone.output_stride=16", "views.crop=con
 
 def _pretrain(data: Path, out: Path, *extra: str) -> int:
     return main(["pretrain", "--method", "simclr", "--data", str(data), "--config",
-                 str(ROOT / "configs/cifar10/simclr.yaml"), "--epochs", "2", "--batch-size", "24",
+                 "cifar10/simclr", "--epochs", "2", "--batch-size", "24",
                  "--out", str(out), "--set", *RUN, *extra])
 
 

@@ -266,7 +266,7 @@ def camvid_run(camvid_small, tmp_path_factory) -> Path:
     """A BYOL run folder made by one pre-training step on the small CamVid train split."""
     out = tmp_path_factory.mktemp("camvid-run")
     assert main(["pretrain", "--method", "byol", "--data", str(camvid_small),
-                 "--config", str(ROOT / "configs/cifar10/byol.yaml"), "--epochs", "1", "--batch-size", "8",
+                 "--config", "cifar10/byol", "--epochs", "1", "--batch-size", "8",
                  "--out", str(out), "--set", "backbone.cifar_stem=false", "views.size=32", "data.load_size=64",
                  "train.knn_every=0", "train.progress=false", "optim.warmup_epochs=0"]) == 0
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 1

@@ -5,7 +5,6 @@ the cross-rank terms of contrastive losses, and per-rank batch norm changes the 
 """
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -83,10 +82,9 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(cifar_subset, tmp_path)
     import sys
 
     data = cifar_subset(10, 5)
-    root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", str(free_port()), "-m", "selfsup.cli", "pretrain", "--method", "simclr",
-           "--data", str(data), "--config", str(root / "configs/cifar10/simclr.yaml"),
+           "--data", str(data), "--config", "cifar10/simclr",
            "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "run"),
            "--set", "backbone.cifar_stem=false", "train.sync_bn=true", "train.progress=false",
            "train.log_every=1", "optim.warmup_epochs=0"]

@@ -22,7 +22,7 @@ def test_simclr_knn_clearly_above_random_init(cifar_subset, tmp_path):
     data = cifar_subset(100, 50)
     run = tmp_path / "run"
     assert main(["pretrain", "--method", "simclr", "--data", str(data),
-                 "--config", str(ROOT / "configs/cifar10/simclr.yaml"), "--epochs", "40",
+                 "--config", "cifar10/simclr", "--epochs", "40",
                  "--batch-size", "128", "--out", str(run), "--set", "backbone.cifar_stem=false",
                  "train.knn_every=0", "train.progress=false", "optim.warmup_epochs=2"]) == 0
     assert main(["eval", "knn", "--checkpoint", str(run), "--data", str(data), "--random-init"]) == 0

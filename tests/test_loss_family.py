@@ -387,7 +387,7 @@ def test_debiased_v2_run_then_eval_align_and_export(cifar_subset, tmp_path, caps
     # clearly within 8 steps (measured: first half mean 3.89, second half 3.47)
     data, run = cifar_subset(10, 5), tmp_path / "run"
     args = ["pretrain", "--method", "simclr", "--data", str(data),
-            "--config", str(ROOT / "configs/cifar10/simclr.yaml"),
+            "--config", "cifar10/simclr",
             "--epochs", "8", "--batch-size", "32", "--out", str(run),
             "--set", "backbone.cifar_stem=false", "data.max_images=32", "views.scale=[1.0,1.0]",
             "train.knn_every=0", "train.progress=false", "train.log_every=1", "train.channels_last=false",

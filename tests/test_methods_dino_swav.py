@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from selfsup.cli import main
-from selfsup.config import ConfigError, build_config, load_yaml, merge
+from selfsup.config import ConfigError, build_config, find_config, load_yaml, merge
 from selfsup.data import open_dataset
 from selfsup.losses.clustering import sinkhorn_knopp, swapped_prediction
 from selfsup.losses.distillation import dino_loss
@@ -28,7 +28,7 @@ SCORES = [[0.9, 0.1, -0.3], [0.2, 0.8, 0.0], [-0.5, 0.4, 0.6], [0.7, -0.2, 0.3],
 
 def _config(method: str, **params):
     """The CIFAR-10 preset (2 global 32 px + 2 local 16 px crops) with small heads and backbone stem."""
-    raw = merge(load_yaml(ROOT / f"configs/cifar10/{method}.yaml"),
+    raw = merge(load_yaml(find_config(f"cifar10/{method}")),
                 {"backbone": {"cifar_stem": False}, "views": {"local_crops": 2, "local_size": 16},
                  method: {**SMALL[method], **params}})
     return build_config(raw, METHODS)
@@ -296,7 +296,7 @@ def test_cli_pretrain_with_preset_and_local_crops(name, cifar_subset, tmp_path, 
     small = [f"{name}.{k}={v}" for k, v in SMALL[name].items()]
     extra = ["swav.queue_length=64", "swav.epoch_queue_starts=0"] if name == "swav" else []
     code = main(["pretrain", "--method", name, "--data", str(data),
-                 "--config", str(ROOT / f"configs/cifar10/{name}.yaml"), "--epochs", "1", "--batch-size", "32",
+                 "--config", f"cifar10/{name}", "--epochs", "1", "--batch-size", "32",
                  "--out", str(tmp_path), "--set", "backbone.cifar_stem=false", "train.knn_every=0",
                  "train.progress=false", "train.log_every=1", "optim.warmup_epochs=0", "views.local_crops=2",
                  "views.local_size=16", *small, *extra])

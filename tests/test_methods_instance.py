@@ -333,7 +333,7 @@ def test_instdisc_cli_checkpoints_and_resumes_the_memory_bank(bank_init, cifar_s
 
     def pretrain(out, *extra):  # a resumed run that re-initialised the bank would differ below
         return main(["pretrain", "--method", "instdisc", "--data", str(data),
-                     "--config", str(ROOT / "configs/cifar10/instdisc.yaml"), "--epochs", "2",
+                     "--config", "cifar10/instdisc", "--epochs", "2",
                      "--batch-size", "32", "--out", str(tmp_path / out), *extra, "--set",
                      "backbone.cifar_stem=false", "train.progress=false", "instdisc.num_negatives=64",
                      f"instdisc.bank_init={bank_init}"])

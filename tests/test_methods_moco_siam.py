@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from selfsup.cli import main
-from selfsup.config import ConfigError, OptimConfig, build_config, load_yaml
+from selfsup.config import ConfigError, OptimConfig, build_config, find_config, load_yaml
 from selfsup.data import open_dataset
 from selfsup.losses.redundancy import barlow_twins_loss, covariance_loss, variance_loss, vicreg_loss
 from selfsup.losses.regression import negative_cosine
@@ -352,7 +352,7 @@ def test_mocov3_trains_a_vit(cifar_256):
 # ---------------------------------------------------------------- presets and the CLI
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_cifar_presets_load(name):
-    cfg = build_config(load_yaml(ROOT / f"configs/cifar10/{name}.yaml"), METHODS)
+    cfg = build_config(load_yaml(find_config(f"cifar10/{name}")), METHODS)
     assert cfg.method == name and cfg.backbone.cifar_stem and cfg.views.size == 32
     assert cfg.views.scale == (0.2, 1.0) and not cfg.views.blur and cfg.views.mean == CIFAR10_MEAN
 
@@ -360,7 +360,7 @@ def test_cifar_presets_load(name):
 def test_simsiam_cli_run_keeps_the_predictor_lr_fixed(cifar_subset, tmp_path, capsys):
     data = cifar_subset(10, 5)
     args = ["pretrain", "--method", "simsiam", "--data", str(data),
-            "--config", str(ROOT / "configs/cifar10/simsiam.yaml"), "--epochs", "1", "--batch-size", "16",
+            "--config", "cifar10/simsiam", "--epochs", "1", "--batch-size", "16",
             "--out", str(tmp_path), "--set", "backbone.cifar_stem=false", "train.progress=false",
             "train.knn_every=0", "train.log_every=1", "data.max_images=48"]
     assert main(args) == 0

@@ -329,7 +329,7 @@ def test_bad_pixel_settings_are_config_errors():
 def test_cli_pretrain_pixpro_with_the_camvid_preset(mini_camvid, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["pretrain", "--method", "pixpro", "--data", str(mini_camvid), "--config",
-            str(ROOT / "configs/camvid/pixpro.yaml"), "--epochs", "2", "--batch-size", "4", "--out", str(out),
+            "camvid/pixpro", "--epochs", "2", "--batch-size", "4", "--out", str(out),
             "--set", "views.size=64", "pixpro.proj_hidden=32", "pixpro.proj_dim=16", "train.progress=false",
             "train.log_every=1"]
     assert main(args) == 0

@@ -18,7 +18,7 @@ FAST = ["backbone.cifar_stem=false", "train.knn_every=1", "train.progress=false"
 
 def _pretrain(method, data, out, *extra, epochs=2, batch=32):
     return main(["pretrain", "--method", method, "--data", str(data),
-                 "--config", str(ROOT / f"configs/cifar10/{method}.yaml"),
+                 "--config", f"cifar10/{method}",
                  "--epochs", str(epochs), "--batch-size", str(batch), "--out", str(out),
                  "--set", *FAST, *extra])
 

@@ -12,7 +12,7 @@ for Unsupervised Visual Representation Learning", CVPR 2021).
   (#positives + 1e-6), averaged over the batch, both directions (view 1 propagated vs view 2
   momentum projection, and the reverse) summed.
 - Instance branch (``instance_weight`` alpha > 0; the paper's "PixPro + instance" uses 1, see
-  ``configs/camvid/pixpro_instance.yaml``): its own per-pixel projector (C -> 4096 -> 256) and
+  the preset ``camvid/pixpro_instance``): its own per-pixel projector (C -> 4096 -> 256) and
   predictor (256 -> 4096 -> 256) on C5, average-pooled over the whole map after the predictor
   (adaptive pooling, for any map size), BYOL loss against the momentum instance projector,
   symmetrised. Total = L_pix + alpha L_inst.
