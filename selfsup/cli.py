@@ -25,8 +25,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from selfsup.train.trainer import Trainer
 
     raw: dict[str, Any] = load_yaml(find_config(args.config)) if args.config else {}
+    notice = ""
     if not args.config:
-        raw = _default_preset(args.data, args.method or "simclr")
+        raw, notice = _default_preset(args.data, args.method or "simclr")
     shortcuts = {
         "method": args.method,
         "data": {"path": args.data},
@@ -43,6 +44,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = build_config(merge(raw, parse_overrides(args.set)), METHODS)
     if not cfg.data.path:
         raise ConfigError("no data given: pass --data <folder | archive | cifar10>")
+    if notice:
+        print(notice, file=sys.stderr)
     trainer = Trainer(cfg, monitor=OnlineKNN())
     try:
         result = trainer.fit(resume=args.resume)
@@ -61,16 +64,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_preset(data: str | None, method: str) -> dict[str, Any]:
-    """Without ``--config``: a named dataset's own preset for the method (say so in one line),
-    else the method's library defaults, which are the ImageNet-style 224 px recipe (say that)."""
+def _default_preset(data: str | None, method: str) -> tuple[dict[str, Any], str]:
+    """Without ``--config``: a named dataset's own preset for the method, else the method's
+    library defaults (the ImageNet-style 224 px recipe); and the line that says which."""
     if data in NAMED_DATASETS and f"{data}/{method}" in preset_names():
-        print(f"selfsup: no --config: using the preset {data}/{method} (`selfsup presets` lists the others)",
-              file=sys.stderr)
-        return load_yaml(find_config(f"{data}/{method}"))
-    print(f"selfsup: no --config: {method}'s library defaults (the 224 px ImageNet-style recipe); pick a preset "
-          "with --config, e.g. cifar10/simclr (`selfsup presets` lists them)", file=sys.stderr)
-    return {}
+        return (load_yaml(find_config(f"{data}/{method}")),
+                f"selfsup: no --config: using the preset {data}/{method} (`selfsup presets` lists the others)")
+    return {}, (f"selfsup: no --config: {method}'s library defaults (the 224 px ImageNet-style recipe); pick a "
+                "preset with --config, e.g. cifar10/simclr (`selfsup presets` lists them)")
 
 
 def _presets(_: argparse.Namespace) -> int:

@@ -32,12 +32,12 @@ def test_presets_are_named_listed_and_found_from_any_folder(tmp_path, monkeypatc
     assert [line.split()[0] for line in listed] == names and listed[0].split(maxsplit=1)[1]
 
 
-def test_a_named_dataset_picks_its_own_preset_and_says_so(capsys):
-    raw = _default_preset("cifar10", "byol")
+def test_a_named_dataset_picks_its_own_preset_and_says_so():
+    raw, notice = _default_preset("cifar10", "byol")
     assert raw == load_yaml(find_config("cifar10/byol")) and raw["views"]["size"] == 32
-    assert "using the preset cifar10/byol" in capsys.readouterr().err
-    assert _default_preset("/some/folder", "byol") == {}
-    assert "the 224 px ImageNet-style recipe" in capsys.readouterr().err
+    assert "using the preset cifar10/byol" in notice
+    raw, notice = _default_preset("/some/folder", "byol")
+    assert raw == {} and "the 224 px ImageNet-style recipe" in notice
 
 
 def test_the_wheel_ships_the_presets(tmp_path):
@@ -81,3 +81,18 @@ def test_the_throughput_benchmark_writes_into_the_checkout_only_when_asked(tmp_p
         r = row[part]
         assert r["min"] <= r["img_s"] <= r["max"] and r["std"] >= 0
     assert row["ratio"] == pytest.approx(row["end_to_end"]["img_s"] / row["ceiling"]["img_s"])
+
+
+def test_the_eta_follows_a_smoothed_per_step_rate_every_step():
+    """The report's case: 20 steps, a slow start; at step 17 with 3 steps of 1 s left, the
+    estimate must be near 3 s, not the 2:36 that the mean over all steps so far gave."""
+    from selfsup.train.progress import StepClock
+
+    now = [0.0]
+    clock = StepClock(clock=lambda: now[0])
+    durations = [120.0, 30.0, 10.0] + [1.0] * 14  # start-up, two slow steps, then steady
+    for dt in durations:
+        now[0] += dt
+        clock.tick()
+    assert clock.eta(3) == pytest.approx(3.0, rel=0.02)
+    assert sum(durations) / len(durations) * 3 > 25  # the old estimate: elapsed / steps done

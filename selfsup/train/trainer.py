@@ -35,6 +35,7 @@ from selfsup.methods.base import effective_rank, embedding_std
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
 from selfsup.train.optim import build_optimizer
+from selfsup.train.progress import StepClock
 from selfsup.train.schedule import cosine_value, learning_rate
 from selfsup.views.contrastive_crop import build_crop
 from selfsup.views.recipes import make_views, view_specs
@@ -297,6 +298,7 @@ class Trainer:
         pending: list = []
         first = done = self.epoch_step
         bar.update(first)
+        clock, loss_text = StepClock(), "-"
         for batch in batches:
             pending.append(batch)
             if len(pending) < t.accum_steps:
@@ -306,6 +308,7 @@ class Trainer:
             pending = []
             done += 1
             self.epoch_step = done
+            clock.tick()
             if log_now:
                 values = {k: float(v) for k, v in logs.items()}  # one host sync per log interval
                 if not math.isfinite(values["loss"]):
@@ -315,10 +318,11 @@ class Trainer:
                 sums["_n"] = sums.get("_n", 0) + 1
                 elapsed = time.perf_counter() - start
                 ips = (done - first) * images_per_step / elapsed
-                remaining = (self.total_steps - self.step) * elapsed / (done - first)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{ips:.0f}",
-                                eta=time.strftime("%H:%M:%S", time.gmtime(remaining)))
+                loss_text = f"{values['loss']:.4f}"
                 self.log({"epoch": self.epoch + 1, "step": self.step, **values, "img_per_s": ips})
+            eta = time.strftime("%H:%M:%S", time.gmtime(clock.eta(self.total_steps - self.step)))
+            bar.set_postfix(step=f"{self.step}/{self.total_steps}", loss=loss_text,
+                            img_s=f"{images_per_step / max(clock.per_step, 1e-9):.0f}", eta=eta, refresh=False)
             bar.update(1)
             if done == self.steps_per_epoch:
                 break
