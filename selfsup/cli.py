@@ -30,7 +30,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         raw, notice = _default_preset(args.data, args.method or "simclr")
     shortcuts = {
         "method": args.method,
-        "data": {"path": args.data},
+        "data": {"path": args.data, "masks": args.masks, "skip_missing": True if args.skip_missing else None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "out_dir": args.out,
                   "device": args.device, "seed": args.seed},
     }
@@ -179,6 +179,22 @@ def _eval_dense(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_cluster(args: argparse.Namespace) -> int:
+    from selfsup.eval.cluster import ClusterConfig, cluster_eval
+    from selfsup.eval.dense import save_figure
+
+    cfg = ClusterConfig(
+        protocol=args.protocol, seeds=args.seeds, size=tuple(args.size) if args.size else None, scale=args.scale,
+        split=args.val_split, object_classes=tuple(args.object_classes.split(",")) if args.object_classes else None,
+        max_images=args.max_val, batch_size=args.batch_size, figure_images=args.figure_images, device=args.device,
+    )
+    result, figures = cluster_eval(args.checkpoint, args.data, cfg, random_init=args.random_init)
+    path = _write_result(args, "cluster", result)
+    for name, figure in figures.items():
+        print(f"figure written to {save_figure(figure, path.with_name(f'{path.stem}_{name}.png'))}", file=sys.stderr)
+    return 0
+
+
 def _eval_align(args: argparse.Namespace) -> int:
     from selfsup.eval.alignment import evaluate_run
 
@@ -202,6 +218,23 @@ def _methods(_: argparse.Namespace) -> int:
     width = max(map(len, METHODS))
     for name, cls in METHODS.items():
         print(f"{name:<{width}}  {cls.description}")
+    return 0
+
+
+def _saliency(args: argparse.Namespace) -> int:
+    from selfsup.eval.saliency import SaliencyConfig, write_saliency
+
+    cfg = SaliencyConfig(
+        method=args.method, checkpoint=args.checkpoint, masks=args.masks, split=args.split,
+        load_size=tuple(args.load_size) if args.load_size else None, threshold=args.threshold,
+        min_component=args.min_component, min_salient=args.min_salient, batch_size=args.batch_size,
+        preview_images=args.preview_images, device=args.device,
+    )
+    report = write_saliency(args.data, args.out, cfg)
+    print(f"{report['written']} mask(s) written to {args.out}; {report['skipped_under_min_salient']} image(s) "
+          f"skipped (under {100 * cfg.min_salient:g}% salient), {report['without_external_map']} without a map; "
+          f"preview {report['preview']}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in report.items() if not k.endswith("_files")}))
     return 0
 
 
@@ -252,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name (see `selfsup methods`)")
     p.add_argument("--data", help="image folder, .tar/.tar.gz/.zip archive, or cifar10")
     p.add_argument("--config", help="a preset name (cifar10/simclr; `selfsup presets` lists them) or a YAML file")
+    p.add_argument("--masks", help="folder / archive of saliency masks named like the images (data.masks)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out images without a usable mask instead of stopping (data.skip_missing)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. optim.lr=0.5 train.epochs=10")
     p.add_argument("--epochs", type=int)
@@ -310,6 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_eval_dense)
 
+    p = ev.add_parser("cluster", help="unsupervised segmentation: k-means + Hungarian matching (mIoU over seeds)")
+    p.add_argument("--checkpoint", required=True, help="a run folder or its last.pt")
+    p.add_argument("--data", required=True, help="folder / archive with <split>/ images and <split>annot/ labels")
+    p.add_argument("--out", help="result JSON (default: cluster.json next to the checkpoint); PNGs beside it")
+    p.add_argument("--random-init", action="store_true", help="same architecture, random weights (baseline)")
+    p.add_argument("--protocol", choices=["pixel", "maskcontrast", "both"], default="both",
+                   help="pixel: k-means of every pixel's features (any run); maskcontrast: per-image saliency "
+                        "prototypes (maskcontrast runs); both: what the run supports")
+    p.add_argument("--seeds", type=int, default=5, help="k-means seeds (mean and std reported)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="load size of images and labels")
+    size.add_argument("--scale", type=float, default=1.0, help="load size as a fraction of the images' size")
+    p.add_argument("--val-split", default="val", help="the split clustered and scored")
+    p.add_argument("--object-classes", help="comma-separated object class names (maskcontrast protocol; "
+                                            "CamVid default: pole,sign/symbol,fence,car,pedestrian,bicyclist)")
+    p.add_argument("--max-val", type=int, default=0, help="use the first N images of the split")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--figure-images", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_eval_cluster)
+
     p = sub.add_parser("export", help="write the backbone's weights for torchvision / timm")
     p.add_argument("--checkpoint", required=True, help="a run folder or its last.pt")
     p.add_argument("--out", required=True, help="output .pth file")
@@ -319,6 +376,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_methods)
     p = sub.add_parser("presets", help="list the shipped presets (names for --config)")
     p.set_defaults(func=_presets)
+
+    p = sub.add_parser("saliency", help="mask proposals for maskcontrast: saliency masks with no labels")
+    p.add_argument("--data", required=True, help="image folder / archive (its train split, see --split)")
+    p.add_argument("--method", choices=["spectral", "fine-grained", "checkpoint", "external"], default="spectral",
+                   help="spectral residual or fine-grained (OpenCV), a selfsup run's own saliency / heat map, "
+                        "or external probability maps (--masks)")
+    p.add_argument("--checkpoint", help="run folder or last.pt (--method checkpoint)")
+    p.add_argument("--masks", help="folder / archive of probability maps named like the images (--method external)")
+    p.add_argument("--out", required=True, help="mask folder to write (then pretrain with --masks it)")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="which split gets masks")
+    p.add_argument("--load-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="size the estimator sees (default: the images' own); masks are written at the original size")
+    p.add_argument("--threshold", type=float, default=0.5, help="salient where the probability is >= this")
+    p.add_argument("--min-component", type=float, default=0.01, help="drop components under this share of the image")
+    p.add_argument("--min-salient", type=float, default=0.01, help="skip images under this salient share")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--preview-images", type=int, default=8, help="rows of preview.png")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_saliency)
 
     vw = sub.add_parser("views", help="look at the views").add_subparsers(dest="views_kind", required=True)
     p = vw.add_parser("preview", help="PNG of training images with sampled crops (and ContrastiveCrop boxes)")

@@ -51,6 +51,9 @@ class DataConfig(Checked):
     about 13,400 x 13,400).
     sliding_window: [size, stride] in images: PIC's sliding-window order instead of a fresh
     shuffle per epoch (``selfsup.data.order.sliding_window_order``); null: epoch order.
+    masks: a folder (or archive) of saliency masks named like the training images
+    (``selfsup.data.masks``; MaskContrast); skip_missing: leave out (and count) the images
+    without a usable mask instead of stopping with an error naming the first.
     """
 
     section: ClassVar[str] = "data"
@@ -63,6 +66,8 @@ class DataConfig(Checked):
     num_workers: NonNegativeInt = 4
     sliding_window: tuple[PositiveInt, PositiveInt] | None = None
     max_image_pixels: PositiveInt = DEFAULT_MAX_PIXELS
+    masks: str = ""
+    skip_missing: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -26,7 +26,8 @@ class ImageDataset:
     Pixels live either in memory (one uint8 tensor) or in files decoded while streaming;
     both yield identical batches in the order fixed by ``selfsup.data.order``. ``maps``: an
     optional per-pixel map of every image (N, H, W) at the load size (saliency masks), which
-    every batch carries (``Batch.maps``).
+    every batch carries (``Batch.maps``). ``files``: the image files (relative to ``root``) of a
+    dataset opened from a folder, in dataset order (None for in-memory data).
     """
 
     def __init__(
@@ -37,6 +38,8 @@ class ImageDataset:
         classes: list[str],
         num_skipped: int = 0,
         maps: torch.Tensor | None = None,
+        files: list[str] | None = None,
+        root: Path | None = None,
     ) -> None:
         if maps is not None and (maps.shape[0] != len(labels) or tuple(maps.shape[1:]) != store.image_size):
             raise DataError(f"per-pixel maps of shape {tuple(maps.shape)} do not fit {len(labels)} images of "
@@ -47,6 +50,9 @@ class ImageDataset:
         self.classes = classes
         self.num_skipped = num_skipped
         self.maps = maps
+        self.files = files
+        self.root = root
+        self.num_without_mask = 0  # images left out for want of a usable mask (``selfsup.data.masks``)
 
     @classmethod
     def from_tensors(
@@ -147,8 +153,14 @@ class ImageDataset:
             indices = indices.nonzero().flatten()
         indices = indices.to(torch.int64)
         maps = None if self.maps is None else self.maps[indices]
+        files = None if self.files is None else [self.files[i] for i in indices.tolist()]
         return ImageDataset(self._store.subset(indices), self.labels[indices], self.sizes[indices], self.classes,
-                            maps=maps)
+                            maps=maps, files=files, root=self.root)
+
+    def with_maps(self, maps: torch.Tensor) -> ImageDataset:
+        """The same images carrying per-pixel ``maps`` (N, H, W) at the load size."""
+        return ImageDataset(self._store, self.labels, self.sizes, self.classes, self.num_skipped, maps, self.files,
+                            self.root)
 
 
 def cap(dataset: ImageDataset, max_images: int, seed: int) -> ImageDataset:
@@ -207,7 +219,8 @@ def _open_folder(
         split_classes = classes if folder in labelled else []
         split = scan(folder, split_classes)
         loaded = load_split(split, size, cache, memory_limit_bytes, num_workers, max_pixels)
-        opened.append(ImageDataset(loaded.store, loaded.labels, loaded.sizes, split_classes, loaded.num_skipped))
+        opened.append(ImageDataset(loaded.store, loaded.labels, loaded.sizes, split_classes, loaded.num_skipped,
+                                   files=loaded.files, root=folder))
     return DatasetSplits(opened[0], opened[1] if len(opened) > 1 else None)
 
 
@@ -219,6 +232,8 @@ def open_dataset(
     memory_limit_gb: float = 8.0,
     num_workers: int = 0,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    masks: str | os.PathLike | None = None,
+    skip_missing: bool = False,
 ) -> DatasetSplits:
     """Open a dataset from an image folder, an archive of one, or a name (``cifar10``).
 
@@ -233,11 +248,22 @@ def open_dataset(
     num_workers: decoding processes for streamed splits.
     max_image_pixels: files with more pixels (once upright) are skipped and counted, with a
         warning naming one of them (a decompression bomb, or a file larger than expected).
+    masks: a folder (or archive) of saliency masks, one PNG per TRAINING image with the same
+        name (``selfsup.data.masks``): the training split then carries them as per-pixel maps
+        (uint8 0/1 at the load size). A training image without a mask is a DataError naming it,
+        unless ``skip_missing``: then it is left out and counted (``num_without_mask``).
     """
     size = normalize_load_size(load_size)
     cache = cache_root(cache_dir)
     source = resolve(os.fspath(spec), cache)
     if isinstance(source, Path):
-        return _open_folder(source, size, cache, memory_limit_gb * 2**30, num_workers, max_image_pixels)
+        splits = _open_folder(source, size, cache, memory_limit_gb * 2**30, num_workers, max_image_pixels)
+        if masks:
+            from selfsup.data.masks import attach_masks
+
+            splits = DatasetSplits(attach_masks(splits.train, masks, cache, skip_missing), splits.test)
+        return splits
+    if masks:
+        raise DataError(f"data.masks needs an image folder or archive with file names, not the dataset {spec!r}")
     train, test = source
     return DatasetSplits(_from_arrays(train, size), _from_arrays(test, size) if test is not None else None)

@@ -39,6 +39,7 @@ class LoadedSplit:
     sizes: torch.Tensor  # int64 (M, 2) original (H, W)
     labels: torch.Tensor  # int64 (M,)
     num_skipped: int
+    files: list[str] | None = None  # the kept files, relative to the split's root
 
 
 def _header_index(split: FolderSplit, paths: list[str], fp: str, cache: Path) -> dict:
@@ -138,4 +139,5 @@ def load_split(
             describe_files(unreadable),
         )
     labels = torch.tensor(split.labels, dtype=torch.int64)[keep]
-    return LoadedSplit(store, index["sizes"][keep], labels, len(skipped))
+    files = [rel for rel, k in zip(split.files, keep.tolist(), strict=True) if k]
+    return LoadedSplit(store, index["sizes"][keep], labels, len(skipped), files)

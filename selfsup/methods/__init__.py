@@ -7,6 +7,7 @@ from selfsup.methods.dino import DINO
 from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.invaspread import InvaSpread
+from selfsup.methods.maskcontrast import MaskContrast
 from selfsup.methods.moco import MoCo, MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.pic import PIC
@@ -38,6 +39,8 @@ METHODS: dict[str, type[Method]] = {
     # pixel level
     "pixcontrast": PixContrast,
     "pixpro": PixPro,
+    # unsupervised semantic segmentation (saliency masks)
+    "maskcontrast": MaskContrast,
 }
 
 

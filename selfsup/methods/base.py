@@ -105,6 +105,12 @@ class Method(nn.Module):
         ``optim.lr``). Weight decay and LARS still skip 1-D parameters in every group."""
         return []
 
+    def dense_network(self) -> nn.Module:
+        """The network the dense evaluations read (``selfsup eval dense`` / ``cluster``): called on
+        images it returns ``(feature map (B, C, h, w), pooled)``. The backbone by default; a method
+        with a dense decoder returns backbone + decoder (MaskContrast)."""
+        return self.backbone
+
     def encode(self, views: list[View], backbone: nn.Module | None = None) -> list[torch.Tensor]:
         """Pooled features of every view: one backbone pass per run of same-size views.
 

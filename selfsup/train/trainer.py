@@ -98,8 +98,11 @@ class Trainer:
         d = cfg.data
         splits = open_dataset(
             d.path, load_size=d.load_size, memory_limit_gb=d.memory_limit_gb, num_workers=d.num_workers,
-            max_image_pixels=d.max_image_pixels,
+            max_image_pixels=d.max_image_pixels, masks=d.masks or None, skip_missing=d.skip_missing,
         )
+        if self.dist.is_main and splits.train.num_without_mask:
+            print(f"selfsup: left out {splits.train.num_without_mask} training image(s) without a usable mask "
+                  f"in {d.masks}", file=sys.stderr)
         self.splits = DatasetSplits(
             cap(splits.train, d.max_images, t.seed),
             None if splits.test is None else cap(splits.test, d.max_test_images, t.seed),

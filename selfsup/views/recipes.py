@@ -105,8 +105,20 @@ def pic(
     return simclr(size, scale, blur, mean, std)[:1]
 
 
+def maskcontrast(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """MaskContrast (Van Gansbeke et al., 2021): two identical views, random-resized crop (the
+    paper's scale (0.2, 1) is its preset's ``views.scale``), flip 0.5, colour jitter
+    (0.4, 0.4, 0.4, 0.1) p = 0.8, grayscale p = 0.2, no blur (``blur`` is ignored: the official
+    recipe has none). The saliency masks follow each view's geometry (``View.maps``)."""
+    spec = ViewSpec(size=size, scale=scale, jitter=(0.4, 0.4, 0.4, 0.1), mean=mean, std=std)
+    return [spec, spec]
+
+
 RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "simclr": simclr, "byol": byol, "instdisc": instdisc, "invaspread": invaspread, "pic": pic,
+    "maskcontrast": maskcontrast,
 }
 
 

@@ -1,12 +1,13 @@
 """Dense evaluation: a per-pixel linear probe on frozen features, and tiny-budget fine-tuning.
 
 Probe (the usual frozen-feature segmentation protocol, e.g. as in DenseCL / PixPro /
-MaskContrast linear evaluations): the backbone stays frozen in eval mode; its last feature
-map (B, C, h, w) (a ResNet's last stage at whatever output stride it has, dilated or not; a
-ViT's patch tokens) is standardised per channel with the training split's statistics (fixed,
-like a BatchNorm without affine parameters), a 1x1 convolution maps it to K class logits,
-which are bilinearly upsampled to the label map's size; the loss is the per-pixel cross
-entropy without the ignore index. Because the backbone is frozen, the training split's
+MaskContrast linear evaluations): the network stays frozen in eval mode; the last feature
+map (B, C, h, w) of ``Method.dense_network`` (a ResNet's last stage at whatever output stride
+it has, dilated or not; a ViT's patch tokens; MaskContrast's 256-d DeepLab-v3 decoder) is
+standardised per channel with the training split's statistics (fixed, like a BatchNorm
+without affine parameters), a 1x1 convolution maps it to K class logits, which are
+bilinearly upsampled to the label map's size; the loss is the per-pixel cross entropy without
+the ignore index. Because the backbone is frozen, the training split's
 feature maps are computed once (kept in fp16 when they fit ``feature_memory_gb``, else
 recomputed per batch). SGD with momentum 0.9 and a per-step cosine schedule, no
 augmentation. The probe is evaluated once, after its LAST step: mIoU, per-class IoU and

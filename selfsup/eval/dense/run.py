@@ -48,7 +48,7 @@ def dense_eval(checkpoint: str | Path, data: str | Path, cfg: DenseConfig, rando
     data_time = time.perf_counter() - start
     device = resolve_device(cfg.device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    backbone = method.backbone.eval()
+    backbone = method.dense_network().eval()  # the backbone, or backbone + decoder (MaskContrast)
     for p in backbone.parameters():
         p.requires_grad_(False)
     encoder = Encoder(backbone, run_cfg.views.mean, run_cfg.views.std, run_cfg.backbone.img_size, device)
