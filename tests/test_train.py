@@ -147,6 +147,31 @@ def test_eval_and_export_commands(small_cifar, tmp_path, capsys):
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
     trained = torch.load(run / "last.pt", weights_only=True)["method"]
     assert torch.equal(net.layer1[0].conv1.weight, trained["backbone.net.layer1.0.conv1.weight"])
+    # backbone.init: a new run starts from the exported weights (its momentum copy too), a
+    # checkpoint rebuilds without the file, a wrong file is one line naming it
+    from selfsup.config import build_config
+    from selfsup.methods import METHODS, build_method
+    from selfsup.train.runs import load_run
+
+    (tmp_path / "r18_copy.pth").write_bytes((tmp_path / "r18.pth").read_bytes())
+    raw = {"method": "byol", "backbone": {"cifar_stem": True, "init": str(tmp_path / "r18_copy.pth")}}
+    byol = build_method(build_config(raw, METHODS))
+    assert torch.equal(byol.backbone.net.layer1[0].conv1.weight, net.layer1[0].conv1.weight)
+    assert torch.equal(byol.target.backbone.net.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+    second = tmp_path / "second"
+    assert _pretrain("byol", small_cifar, second, "backbone.cifar_stem=true", "train.knn_every=0",
+                     f"backbone.init={tmp_path / 'r18_copy.pth'}", epochs=1) == 0
+    (tmp_path / "r18_copy.pth").unlink()
+    cfg, rebuilt = load_run(second)
+    assert cfg.backbone.init == str(tmp_path / "r18_copy.pth")  # recorded, not needed to rebuild
+    trained = torch.load(second / "last.pt", weights_only=True)["method"]
+    assert torch.equal(rebuilt.backbone.net.conv1.weight, trained["backbone.net.conv1.weight"])
+    assert main(["pretrain", "--method", "simclr", "--data", str(small_cifar), "--out", str(tmp_path / "bad"),
+                 "--batch-size", "8", "--set", f"backbone.init={run / 'config.yaml'}"]) == 2
+    assert f"backbone.init {run / 'config.yaml'}: cannot read weights" in capsys.readouterr().err
+    assert main(["pretrain", "--method", "simclr", "--data", str(small_cifar), "--out", str(tmp_path / "bad"),
+                 "--batch-size", "8", "--set", "backbone.name=resnet34", f"backbone.init={tmp_path / 'r18.pth'}"]) == 2
+    assert "missing key(s) layer1.2." in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ substituted for some patches (SimMIM / BEiT); the prefix tokens (CLS, ...) are k
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -44,6 +45,11 @@ class BackboneConfig(Checked):
     ``drop_path`` (stochastic depth rate), ``layer_scale`` (LayerScale init, e.g. 0.1 for CAE;
     null: the model's default), ``pos_embed`` (``learned`` or fixed 2-D ``sincos``, MAE / CAE),
     ``kwargs``: further keyword arguments of ``timm.create_model``.
+    init: a weights file to start from instead of random weights: what ``selfsup export`` writes
+        (or any torchvision / timm state dict of the same architecture), e.g. MaskContrast
+        initialised from an instance-level run as in the paper (which starts from MoCo v2).
+        Only the classifier (``fc.*`` / ``head.*``) may be missing from it; any other missing or
+        extra key is a one-line error. A run rebuilt from its checkpoint ignores it.
     """
 
     section: ClassVar[str] = "backbone"
@@ -58,6 +64,7 @@ class BackboneConfig(Checked):
     layer_scale: NonNegative | None = None
     pos_embed: Literal["learned", "sincos"] = "learned"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -300,7 +307,31 @@ class ViTBackbone(nn.Module):
 
 
 def build_backbone(cfg: BackboneConfig) -> ResNetBackbone | ViTBackbone:
-    """Build the encoder named by ``cfg.name`` (checked by ``BackboneConfig``)."""
-    if cfg.name in RESNETS:
-        return ResNetBackbone(cfg)
-    return ViTBackbone(cfg)  # BackboneConfig accepts no other name
+    """Build the encoder named by ``cfg.name`` (checked by ``BackboneConfig``), starting from the
+    weights file ``cfg.init`` when one is given."""
+    backbone = ResNetBackbone(cfg) if cfg.name in RESNETS else ViTBackbone(cfg)  # no other name passes
+    if cfg.init is not None:
+        load_init(backbone, cfg.init)
+    return backbone
+
+
+def load_init(backbone: ResNetBackbone | ViTBackbone, path: str) -> None:
+    """Load the state dict file ``path`` into ``backbone.net`` (``backbone.init``)."""
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"backbone.init {path}: cannot read weights ({e.__class__.__name__}: {first})") from e
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ConfigError(f"backbone.init {path}: not a state dict of tensors (write one with 'selfsup export')")
+    own = backbone.net.state_dict()
+    missing = [k for k in own if k not in weights and not k.startswith(("fc.", "head."))]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        kind, wrong = ("missing", missing) if missing else ("unexpected", unexpected)
+        raise ConfigError(f"backbone.init {path}: {kind} key(s) {', '.join(wrong[:3])} for this backbone "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    for k, v in weights.items():
+        if v.shape != own[k].shape:
+            raise ConfigError(f"backbone.init {path}: {k} is {tuple(v.shape)}, this backbone has {tuple(own[k].shape)}")
+    backbone.net.load_state_dict(weights, strict=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from selfsup.config import PretrainConfig, build_config
@@ -20,7 +21,8 @@ def load_run(path: str | Path, random_init: bool = False) -> tuple[PretrainConfi
     architecture freshly initialised: the baseline every evaluation should be compared to)."""
     state = ckpt.load(checkpoint_file(path))
     cfg = build_config(state["config"], METHODS)
-    method = build_method(cfg, RunInfo(**state.get("run", {})))
+    built = replace(cfg, backbone=replace(cfg.backbone, init=None))  # the checkpoint has the weights
+    method = build_method(built, RunInfo(**state.get("run", {})))
     if not random_init:
         method.load_state_dict(state["method"])
     return cfg, method
