@@ -54,6 +54,10 @@ class DataConfig(Checked):
     masks: a folder (or archive) of saliency masks named like the training images
     (``selfsup.data.masks``; MaskContrast); skip_missing: leave out (and count) the images
     without a usable mask instead of stopping with an error naming the first.
+    decode: where a STREAMED split (one over ``memory_limit_gb``) is decoded: ``cpu``, by PIL in
+    the ``num_workers`` processes; ``device``, the workers only read the files (into pinned
+    memory on a GPU) and the JPEGs are decoded in batches on the training device (nvJPEG on
+    CUDA; ``selfsup.data.jpeg``), other formats still by PIL.
     """
 
     section: ClassVar[str] = "data"
@@ -68,6 +72,7 @@ class DataConfig(Checked):
     max_image_pixels: PositiveInt = DEFAULT_MAX_PIXELS
     masks: str = ""
     skip_missing: bool = False
+    decode: Literal["cpu", "device"] = "cpu"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -209,6 +209,7 @@ def _open_folder(
     memory_limit_bytes: float,
     num_workers: int,
     max_pixels: int,
+    decode_device: torch.device | None,
 ) -> DatasetSplits:
     train_dir, test_dir = find_splits(root)
     folders = [d for d in (train_dir, test_dir) if d is not None]
@@ -218,7 +219,7 @@ def _open_folder(
     for folder in folders:
         split_classes = classes if folder in labelled else []
         split = scan(folder, split_classes)
-        loaded = load_split(split, size, cache, memory_limit_bytes, num_workers, max_pixels)
+        loaded = load_split(split, size, cache, memory_limit_bytes, num_workers, max_pixels, decode_device)
         opened.append(ImageDataset(loaded.store, loaded.labels, loaded.sizes, split_classes, loaded.num_skipped,
                                    files=loaded.files, root=folder))
     return DatasetSplits(opened[0], opened[1] if len(opened) > 1 else None)
@@ -234,6 +235,7 @@ def open_dataset(
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
     masks: str | os.PathLike | None = None,
     skip_missing: bool = False,
+    decode_device: torch.device | str | None = None,
 ) -> DatasetSplits:
     """Open a dataset from an image folder, an archive of one, or a name (``cifar10``).
 
@@ -246,6 +248,9 @@ def open_dataset(
         its files. The limit applies to each split separately; named datasets always load
         into memory.
     num_workers: decoding processes for streamed splits.
+    decode_device: None: streamed splits are decoded by PIL in the workers; a device (``cuda``):
+        the workers only read the files and JPEGs are decoded on that device, in batches
+        (``selfsup.data.jpeg``; non-JPEG files still by PIL), so batches come on that device.
     max_image_pixels: files with more pixels (once upright) are skipped and counted, with a
         warning naming one of them (a decompression bomb, or a file larger than expected).
     masks: a folder (or archive) of saliency masks, one PNG per TRAINING image with the same
@@ -257,7 +262,8 @@ def open_dataset(
     cache = cache_root(cache_dir)
     source = resolve(os.fspath(spec), cache)
     if isinstance(source, Path):
-        splits = _open_folder(source, size, cache, memory_limit_gb * 2**30, num_workers, max_image_pixels)
+        device = None if decode_device is None else torch.device(decode_device)
+        splits = _open_folder(source, size, cache, memory_limit_gb * 2**30, num_workers, max_image_pixels, device)
         if masks:
             from selfsup.data.masks import attach_masks
 

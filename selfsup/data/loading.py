@@ -89,8 +89,12 @@ def load_split(
     memory_limit_bytes: float,
     num_workers: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_device: torch.device | None = None,
 ) -> LoadedSplit:
     """Read a split's headers, then decode it into memory if it fits, else stream it.
+
+    ``decode_device``: a streamed split's JPEGs are decoded there (``selfsup.data.jpeg``), not by
+    PIL in the workers; a split that fits in memory is decoded once by PIL either way.
 
     Unreadable files, and files of more than ``max_pixels`` pixels (decompression bombs, or
     just too large: ``data.max_image_pixels``), are skipped and reported in one warning line
@@ -126,7 +130,8 @@ def load_split(
         keep = entry["keep"]
         store: TensorStore | FileStore = TensorStore(entry["images"])
     else:
-        store = FileStore([p for p, k in zip(paths, keep.tolist(), strict=True) if k], size, num_workers)
+        store = FileStore([p for p, k in zip(paths, keep.tolist(), strict=True) if k], size, num_workers,
+                          decode_device)
     _require_some(keep, split)
     skipped = [rel for rel, k in zip(split.files, keep.tolist(), strict=True) if not k]
     unreadable = [rel for rel, k, big in zip(split.files, keep.tolist(), large.tolist(), strict=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.decode import decode_many
+from selfsup.data.jpeg import decode_batch, read_encoded
 
 log = logging.getLogger("selfsup.data")
 SHOWN_NAMES = 3  # how many file names a warning about skipped files lists
@@ -40,19 +41,25 @@ class TensorStore:
             yield self.images[indices]
 
 
-class _FileBatches(Dataset):
-    """Item ``indices`` is the decoded batch of those files."""
+def _decode_pil(paths: list[str], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (k, 3, H, W), ok (k,)) decoded by PIL (``decode_many``)."""
+    images, _, ok = decode_many(paths, size)
+    return images, ok
 
-    def __init__(self, paths: list[str], size: tuple[int, int]) -> None:
-        self.decode = partial(decode_many, size=size)
+
+class _FileBatches(Dataset):
+    """Item ``indices`` is ``read(those files, size)``: a decoded batch, or what a worker hands
+    over for the device to decode (``read_encoded``)."""
+
+    def __init__(self, paths: list[str], size: tuple[int, int], read: Callable) -> None:
+        self.read = partial(read, size=size)
         self.paths = paths
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, _, ok = self.decode([self.paths[i] for i in indices])
-        return images, ok
+    def __getitem__(self, indices: list[int]) -> tuple:
+        return self.read([self.paths[i] for i in indices])
 
 
 class FileStore:
@@ -60,35 +67,47 @@ class FileStore:
 
     Files whose header could not be read are excluded when the dataset is opened; a file
     that still fails to decode while streaming yields a black image (so batch shapes and the
-    ordering contract hold) and is reported once per pass. ``num_workers`` processes decode.
+    ordering contract hold) and is reported once per pass (``num_failed``: that pass's count).
+    ``num_workers`` processes decode with PIL, or, with a ``decode_device``, only read the
+    files (into pinned memory for a GPU) and the JPEGs are decoded on that device
+    (``selfsup.data.jpeg``); batches then come on that device.
     """
 
-    def __init__(self, paths: list[str], size: tuple[int, int], num_workers: int) -> None:
+    def __init__(self, paths: list[str], size: tuple[int, int], num_workers: int,
+                 decode_device: torch.device | None = None) -> None:
         self.paths = paths
         self._size = size
         self.num_workers = num_workers
+        self.decode_device = decode_device
+        self.num_failed = 0
 
     @property
     def image_size(self) -> tuple[int, int]:
         return self._size
 
     def subset(self, indices: torch.Tensor) -> FileStore:
-        return FileStore([self.paths[i] for i in indices.tolist()], self._size, self.num_workers)
+        return FileStore([self.paths[i] for i in indices.tolist()], self._size, self.num_workers, self.decode_device)
 
     def load(self, index_batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The decoded images of each batch of indices, in order."""
         sampler = [indices.tolist() for indices in index_batches]
+        device = self.decode_device
+        files = _FileBatches(self.paths, self._size, _decode_pil if device is None else read_encoded)
         loader = DataLoader(
-            _FileBatches(self.paths, self._size),
+            files,
             sampler=sampler,
             batch_size=None,
             num_workers=self.num_workers,
+            pin_memory=device is not None and device.type == "cuda",
             generator=torch.Generator(),  # keep the global RNG untouched (reproducible runs)
         )
         failed: list[str] = []
+        self.num_failed = 0
         try:
-            for indices, (images, ok) in zip(sampler, loader, strict=True):
+            for indices, item in zip(sampler, loader, strict=True):
+                images, ok = item if device is None else decode_batch(*item, self._size, device)
                 failed += [self.paths[i] for i, good in zip(indices, ok.tolist(), strict=True) if not good]
+                self.num_failed = len(failed)
                 yield images
         finally:
             if failed:

@@ -99,6 +99,7 @@ class Trainer:
         splits = open_dataset(
             d.path, load_size=d.load_size, memory_limit_gb=d.memory_limit_gb, num_workers=d.num_workers,
             max_image_pixels=d.max_image_pixels, masks=d.masks or None, skip_missing=d.skip_missing,
+            decode_device=self.dist.device if d.decode == "device" else None,
         )
         if self.dist.is_main and splits.train.num_without_mask:
             print(f"selfsup: left out {splits.train.num_without_mask} training image(s) without a usable mask "
