@@ -238,6 +238,17 @@ def _saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from selfsup.report import PictureOptions, write_report
+
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report"))
+    opts = PictureOptions(data=args.data, tsne_images=args.tsne_images, database_images=args.database_images,
+                          batch_size=args.batch_size, device=args.device, seed=args.seed)
+    page = write_report(args.runs, out, opts, pictures=not args.no_pictures)
+    print(f"report written to {page} (open it in a browser: file://{page.resolve()})")
+    return 0
+
+
 def _views_preview(args: argparse.Namespace) -> int:
     from selfsup.eval.preview import write_preview
 
@@ -395,6 +406,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-images", type=int, default=8, help="rows of preview.png")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_saliency)
+
+    p = sub.add_parser("report", help="an HTML page of one or more runs: curves, t-SNE, retrieval, views, results")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (several: compared side by side)")
+    p.add_argument("--out", help="folder for report.html and its PNGs (default: RUN/report, or ./report for several)")
+    p.add_argument("--data", help="the images for t-SNE, retrieval and views (default: each run's data.path)")
+    p.add_argument("--tsne-images", type=int, default=1000, help="held-out images in the t-SNE")
+    p.add_argument("--database-images", type=int, default=5000, help="training images searched for neighbours")
+    p.add_argument("--no-pictures", action="store_true", help="only curves and results (no network needed)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_report)
 
     vw = sub.add_parser("views", help="look at the views").add_subparsers(dest="views_kind", required=True)
     p = vw.add_parser("preview", help="PNG of training images with sampled crops (and ContrastiveCrop boxes)")

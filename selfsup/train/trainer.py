@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from selfsup.config import ConfigError, PretrainConfig
 from selfsup.core.comm import broadcast_object, gather_objects
+from selfsup.core.environment import device_description, software_versions
 from selfsup.data import DatasetSplits, cap, open_dataset
 from selfsup.methods import RunInfo, build_method
 from selfsup.methods.base import effective_rank, embedding_std
@@ -190,6 +191,11 @@ class Trainer:
     @property
     def metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
+
+    @property
+    def environment_path(self) -> Path:
+        """``environment.json``: device, processes and software versions of the latest start (or resume)."""
+        return self.out / "environment.json"
 
     @property
     def checkpoint_path(self) -> Path:
@@ -356,6 +362,11 @@ class Trainer:
                 self.out.mkdir(parents=True, exist_ok=True)
                 ckpt.remove_stale_temporaries(self.checkpoint_path)
                 (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            with ckpt.writing(self.environment_path):
+                self.environment_path.write_text(json.dumps({
+                    **device_description(self.dist.device), "world_size": self.dist.world_size,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumed": resume,
+                    "versions": software_versions()}, indent=2))
         if self.step == 0:
             self.method.on_fit_start(self.splits.train, self.cfg.views, self.dist.device)
         if self.dist.is_main and self.epoch == 0:
