@@ -39,12 +39,16 @@ HEADLINE = {
 
 
 def lookup(record: dict[str, Any], key: str) -> Any:
-    """``record["a"]["b"]`` for the key path ``a.b`` (None where any part is absent)."""
+    """``record["a"]["b"]`` for the key path ``a.b``, ``record["a"][0]`` for ``a.0`` (None where
+    any part is absent)."""
     value: Any = record
     for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
             return None
-        value = value[part]
     return value
 
 
