@@ -32,7 +32,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         "method": args.method,
         "data": {"path": args.data, "masks": args.masks, "skip_missing": True if args.skip_missing else None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "out_dir": args.out,
-                  "device": args.device, "seed": args.seed},
+                  "device": args.device, "seed": args.seed, "log": args.log},
     }
     for key, value in shortcuts.items():
         if isinstance(value, dict):
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    p.add_argument("--log", choices=["jsonl", "tensorboard"],
+                   help="tensorboard: also TensorBoard event files in the run folder (train.log)")
     p.set_defaults(func=_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(dest="eval_kind", required=True)

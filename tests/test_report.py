@@ -218,3 +218,43 @@ def test_report_of_a_camvid_run_with_dense_and_cluster_results(camvid_small, tmp
     assert "held-out features" in page.missing["camvid-run"] and "no labelled held-out split" in page.missing[
         "camvid-run"]
     assert not any("tsne" in s or "retrieval" in s for s in page.sources)
+
+
+# --- the TensorBoard sink ---------------------------------------------------------------------
+
+
+def _tensorboard_run(data: Path, out: Path, *extra: str) -> list[dict]:
+    assert main(["pretrain", "--method", "simclr", "--data", str(data), "--config", "cifar10/simclr", "--epochs", "2",
+                 "--batch-size", "32", "--out", str(out), "--log", "tensorboard", "--set", *FAST, *extra]) == 0
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_sink_writes_the_metrics_values(cifar_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, data = cifar_run
+    records = _tensorboard_run(data, tmp_path / "tb")
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    steps = [r for r in records if "summary" not in r]
+    epochs = [r for r in records if "summary" in r]
+    for key in ("loss", "lr", "z_std", "z_eff_rank", "align", "uniform", "img_per_s"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"train/{key}")]
+        assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in steps], key
+    assert [(e.step, e.value) for e in events.Scalars("monitor/online_knn")] == [
+        (r["step"], pytest.approx(r["online_knn"], rel=1e-6)) for r in epochs]
+    assert [e.value for e in events.Scalars("epoch/loss")] == [pytest.approx(r["summary"]["loss"]) for r in epochs]
+
+
+def test_without_tensorboard_one_line_says_so_and_the_run_completes(cifar_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    for module in ("tensorboard", "torch.utils.tensorboard"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+    _, data = cifar_run
+    records = _tensorboard_run(data, tmp_path / "no-tb")
+    notes = [line for line in capsys.readouterr().err.splitlines() if "tensorboard" in line and "package" in line]
+    assert notes == ["selfsup: train.log=tensorboard but the tensorboard package is not installed (pip install "
+                     "'selfsup[tensorboard]'); logging to metrics.jsonl only"]
+    assert len(records) == 2 * 3 + 2 and not list((tmp_path / "no-tb").glob("events.out.tfevents.*"))
