@@ -258,3 +258,47 @@ def test_without_tensorboard_one_line_says_so_and_the_run_completes(cifar_run, t
     assert notes == ["selfsup: train.log=tensorboard but the tensorboard package is not installed (pip install "
                      "'selfsup[tensorboard]'); logging to metrics.jsonl only"]
     assert len(records) == 2 * 3 + 2 and not list((tmp_path / "no-tb").glob("events.out.tfevents.*"))
+
+
+# --- progress bars ----------------------------------------------------------------------------
+
+
+class _Terminal:
+    """A stand-in stderr that says it is an interactive terminal and keeps what is written."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_long_evaluations_show_a_bar_on_a_terminal_only(cifar_run, monkeypatch):
+    import sys
+
+    from selfsup.data import open_dataset
+    from selfsup.eval.linear import linear_probe
+    from selfsup.train.runs import load_run
+    from selfsup.views.features import extract_features
+
+    run, data = cifar_run
+    _, method = load_run(run)
+    test = open_dataset(data).test
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    feats, labels = extract_features(method.backbone, test, 32, (0.5,) * 3, (0.25,) * 3, batch_size=10)
+    linear_probe(feats, labels, feats, labels, 10, epochs=3, lr=0.1, batch_size=25)
+    assert "features:   0%" in terminal.text and "0/5" in terminal.text  # 50 images in batches of 10
+    assert "linear probe epochs:   0%" in terminal.text and "0/3" in terminal.text
+    assert terminal.text.endswith(" \r")  # the bars are cleared when done
+    monkeypatch.setattr(terminal, "isatty", lambda: False)  # a log file: no bar
+    terminal.text = ""
+    extract_features(method.backbone, test, 32, (0.5,) * 3, (0.25,) * 3, batch_size=10)
+    assert terminal.text == ""
