@@ -32,7 +32,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         "method": args.method,
         "data": {"path": args.data, "masks": args.masks, "skip_missing": True if args.skip_missing else None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "out_dir": args.out,
-                  "device": args.device, "seed": args.seed},
+                  "device": args.device, "seed": args.seed, "log": args.log},
     }
     for key, value in shortcuts.items():
         if isinstance(value, dict):
@@ -238,6 +238,17 @@ def _saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from selfsup.report import PictureOptions, write_report
+
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report"))
+    opts = PictureOptions(data=args.data, tsne_images=args.tsne_images, database_images=args.database_images,
+                          batch_size=args.batch_size, device=args.device, seed=args.seed)
+    page = write_report(args.runs, out, opts, pictures=not args.no_pictures)
+    print(f"report written to {page} (open it in a browser: file://{page.resolve()})")
+    return 0
+
+
 def _views_preview(args: argparse.Namespace) -> int:
     from selfsup.eval.preview import write_preview
 
@@ -296,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    p.add_argument("--log", choices=["jsonl", "tensorboard"],
+                   help="tensorboard: also TensorBoard event files in the run folder (train.log)")
     p.set_defaults(func=_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(dest="eval_kind", required=True)
@@ -395,6 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-images", type=int, default=8, help="rows of preview.png")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_saliency)
+
+    p = sub.add_parser("report", help="an HTML page of one or more runs: curves, t-SNE, retrieval, views, results")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (several: compared side by side)")
+    p.add_argument("--out", help="folder for report.html and its PNGs (default: RUN/report, or ./report for several)")
+    p.add_argument("--data", help="the images for t-SNE, retrieval and views (default: each run's data.path)")
+    p.add_argument("--tsne-images", type=int, default=1000, help="held-out images in the t-SNE")
+    p.add_argument("--database-images", type=int, default=5000, help="training images searched for neighbours")
+    p.add_argument("--no-pictures", action="store_true", help="only curves and results (no network needed)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_report)
 
     vw = sub.add_parser("views", help="look at the views").add_subparsers(dest="views_kind", required=True)
     p = vw.add_parser("preview", help="PNG of training images with sampled crops (and ContrastiveCrop boxes)")

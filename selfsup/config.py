@@ -128,7 +128,8 @@ class TrainConfig(Checked):
     checked for NaN / inf (one host-device sync per log interval). ``dtype``: the precision of
     the weights; ``float64`` (no AMP) is for
     exact comparisons, e.g. the golden trajectories of the tests, where float32 round-off,
-    amplified by batch norm over a few images, would differ between CPUs."""
+    amplified by batch norm over a few images, would differ between CPUs. ``log``: ``tensorboard``
+    also writes the records as TensorBoard scalars into the run folder (``selfsup.train.sinks``)."""
 
     section: ClassVar[str] = "train"
 
@@ -152,6 +153,7 @@ class TrainConfig(Checked):
     knn_max_test: NonNegativeInt = 2000
     eval_batch_size: PositiveInt = 512
     progress: bool = True
+    log: Literal["jsonl", "tensorboard"] = "jsonl"  # metrics.jsonl always; tensorboard: event files beside it
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -21,6 +21,7 @@ CIFAR_CLASSES = (
 )  # fmt: skip
 CIFAR_PER_CLASS = {"train": 5000, "test": 1000}
 MIN_READ = {"train": 100, "test": 20}  # images per class read at least, to stream the tar once
+CAMVID_TRAIN, CAMVID_VAL = 8, 4  # real pairs per split in the small CamVid folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -127,3 +128,29 @@ def cifar_images(cifar_subset: CifarSubsets) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (images - mean) / std
+
+
+@pytest.fixture(scope="session")
+def camvid_small(shared_data, tmp_path_factory) -> Path:
+    """``camvid/{train,trainannot,val,valannot}`` with the first real CamVid pairs of each split,
+    read from ../shared/data/camvid-trainval.tar.gz (streamed once)."""
+    want = {"train": CAMVID_TRAIN, "val": CAMVID_VAL}
+    root = tmp_path_factory.mktemp("camvid-small") / "camvid"
+    names: dict[str, list[str]] = {"train": [], "val": []}
+    with tarfile.open(shared_data / "camvid-trainval.tar.gz", "r|gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")  # camvid/<folder>/<name>.png
+            if len(parts) != 3 or not member.isfile():
+                continue
+            folder, name = parts[1], parts[2]
+            split = folder.removesuffix("annot")
+            if split not in want:
+                continue
+            if folder == split and len(names[split]) < want[split]:
+                names[split].append(name)
+            elif name not in names[split]:
+                continue
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (root / folder / name).write_bytes(tar.extractfile(member).read())
+    assert all(len(names[s]) == want[s] for s in want)
+    return root

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CAMVID_TRAIN, CAMVID_VAL
 from PIL import Image
 from torch import nn
 
@@ -27,7 +28,6 @@ from selfsup.models.backbones import BackboneConfig, build_backbone
 from selfsup.views.boxes import sample_pixel_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
-CAMVID_TRAIN, CAMVID_VAL = 8, 4  # real pairs per split in the small CamVid folder
 
 
 # --- metrics by hand --------------------------------------------------------------------------
@@ -115,32 +115,6 @@ def test_crop_resize_pair_keeps_image_and_label_aligned():
 
 
 # --- reading segmentation folders -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def camvid_small(shared_data, tmp_path_factory) -> Path:
-    """``camvid/{train,trainannot,val,valannot}`` with the first real CamVid pairs of each split,
-    read from ../shared/data/camvid-trainval.tar.gz (streamed once)."""
-    want = {"train": CAMVID_TRAIN, "val": CAMVID_VAL}
-    root = tmp_path_factory.mktemp("camvid-small") / "camvid"
-    names: dict[str, list[str]] = {"train": [], "val": []}
-    with tarfile.open(shared_data / "camvid-trainval.tar.gz", "r|gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")  # camvid/<folder>/<name>.png
-            if len(parts) != 3 or not member.isfile():
-                continue
-            folder, name = parts[1], parts[2]
-            split = folder.removesuffix("annot")
-            if split not in want:
-                continue
-            if folder == split and len(names[split]) < want[split]:
-                names[split].append(name)
-            elif name not in names[split]:
-                continue
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            (root / folder / name).write_bytes(tar.extractfile(member).read())
-    assert all(len(names[s]) == want[s] for s in want)
-    return root
 
 
 def test_reads_real_camvid_pairs_from_folder_and_archive(camvid_small, tmp_path):

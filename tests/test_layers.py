@@ -1,6 +1,6 @@
 """The package's import layers, read from the source: nothing imports upwards, nothing circles.
 
-    core < data < models, losses < views < methods < config < train < eval, export < cli
+    core < data < models, losses < views < methods < config < train < eval, export < report < cli
 
 ``core`` holds what everything may use (errors, range checks, collectives, tensor helpers);
 ``config`` assembles the run's sections and is handed the method table by its callers; the
@@ -16,7 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "selfsup"
 LAYERS = {
     "core": 0, "data": 1, "models": 2, "losses": 2, "views": 3, "methods": 4, "config": 5,
-    "train": 6, "eval": 7, "export": 7, "cli": 8,
+    "train": 6, "eval": 7, "export": 7, "report": 8, "cli": 9,
 }
 
 

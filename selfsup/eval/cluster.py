@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from selfsup.core.device import resolve_device
+from selfsup.core.progress import progress
 from selfsup.data import DataError
 from selfsup.data.segmentation import open_segmentation
 from selfsup.eval.dense.features import Encoder
@@ -113,12 +114,12 @@ class ClusterConfig:
 @torch.no_grad()
 def _pixel_protocol(encoder: Encoder, images, labels, k, ignore, seeds, batch_size):
     feats = [F.normalize(encoder(images[i : i + batch_size]).float(), dim=1).cpu()
-             for i in range(0, len(images), batch_size)]
+             for i in progress(range(0, len(images), batch_size), "feature maps")]
     maps = torch.cat(feats)  # (N, C, h, w)
     flat = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).numpy()
     size = tuple(labels.shape[-2:])
     results, best = [], None
-    for seed in range(seeds):
+    for seed in progress(range(seeds), "k-means seeds"):
         rng = np.random.default_rng(seed)
         fit = flat if len(flat) <= FIT_PIXELS else flat[rng.choice(len(flat), FIT_PIXELS, replace=False)]
         centres = torch.from_numpy(kmeans(fit, k, seed))
@@ -157,7 +158,7 @@ def _maskcontrast_protocol(method: MaskContrast, encoder: Encoder, images, label
     target[labels == ignore] = ignore
     k = len(objects)
     results, shown = [], None
-    for seed in range(seeds):
+    for seed in progress(range(seeds), "k-means seeds"):
         n_comp = min(32, protos_np.shape[0], protos_np.shape[1])
         z = PCA(n_components=n_comp, whiten=True, random_state=seed).fit_transform(protos_np)
         from sklearn.cluster import KMeans

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from selfsup.core.progress import progress
+
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
 
@@ -56,7 +58,7 @@ def linear_probe(
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     accs, pred = [], torch.empty(0, dtype=torch.int64)
-    for _ in range(epochs):
+    for _ in progress(range(epochs), "linear probe epochs"):
         perm = torch.randperm(len(xtr), generator=gen)
         for idx in perm.split(batch_size):
             loss = F.cross_entropy(fc(xtr[idx]), train_labels[idx])

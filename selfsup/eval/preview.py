@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from selfsup.config import build_config
 from selfsup.core.errors import ConfigError
@@ -40,6 +41,23 @@ def write_preview(
     device: str = "cpu",
 ) -> Path:
     """Draw ``n`` training images (a random choice, fixed by ``seed``) and write a PNG."""
+    grid = preview_image(crop, checkpoint, data, n, crops, seed, device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return out
+
+
+def preview_image(
+    crop: str,
+    checkpoint: str | Path | None = None,
+    data: str | None = None,
+    n: int = 8,
+    crops: int = 4,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Image.Image:
+    """The picture of :func:`write_preview`."""
     if crop == "contrastive" and checkpoint is None:
         raise ConfigError("views preview --crop contrastive needs --checkpoint (the encoder that localises objects)")
     state = ckpt.load(checkpoint_file(checkpoint)) if checkpoint else None
@@ -69,8 +87,4 @@ def write_preview(
             sampler.update(backbone, images, torch.device(device))
             source = f"boxes now, k={views.crop_threshold}"
         columns.insert(0, (f"contrastive a={views.crop_alpha}, {source}", sampler))
-    grid = draw_grid(batch.images, batch.sizes, columns, views.scale, ViewSpec().ratio, crops, seed)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
-    return out
+    return draw_grid(batch.images, batch.sizes, columns, views.scale, ViewSpec().ratio, crops, seed)

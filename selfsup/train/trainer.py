@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from selfsup.config import ConfigError, PretrainConfig
 from selfsup.core.comm import broadcast_object, gather_objects
+from selfsup.core.environment import device_description, software_versions
 from selfsup.data import DatasetSplits, cap, open_dataset
 from selfsup.methods import RunInfo, build_method
 from selfsup.methods.base import effective_rank, embedding_std
@@ -37,6 +38,7 @@ from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
 from selfsup.train.optim import build_optimizer
 from selfsup.train.progress import StepClock
 from selfsup.train.schedule import cosine_value, learning_rate
+from selfsup.train.sinks import open_sink
 from selfsup.views.contrastive_crop import build_crop
 from selfsup.views.recipes import make_views, view_specs
 from selfsup.views.samplers import CropSampler
@@ -135,6 +137,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}  # the running epoch's logged values, summed
         self.last_saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint
         self.last_save_time = time.monotonic()
+        self.sink = None  # TensorBoard (train.log), opened by fit on rank 0
 
     # ---------------------------------------------------------------- state
     def state_dict(self, rng_per_rank: list[Any] | None = None) -> dict[str, Any]:
@@ -193,6 +196,11 @@ class Trainer:
         return self.out / "metrics.jsonl"
 
     @property
+    def environment_path(self) -> Path:
+        """``environment.json``: device, processes and software versions of the latest start (or resume)."""
+        return self.out / "environment.json"
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.out / "last.pt"
 
@@ -200,6 +208,8 @@ class Trainer:
         if self.dist.is_main:
             with ckpt.writing(self.metrics_path), open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.sink is not None:
+                self.sink.write(record)
 
     def non_finite(self, values: dict[str, float]) -> FloatingPointError:
         """The one-line error of a NaN / inf loss: the step, the logged terms, the last good checkpoint."""
@@ -357,6 +367,12 @@ class Trainer:
                 self.out.mkdir(parents=True, exist_ok=True)
                 ckpt.remove_stale_temporaries(self.checkpoint_path)
                 (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            with ckpt.writing(self.environment_path):
+                self.environment_path.write_text(json.dumps({
+                    **device_description(self.dist.device), "world_size": self.dist.world_size,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumed": resume,
+                    "versions": software_versions()}, indent=2))
+            self.sink = open_sink(t.log, self.out, purge_step=self.step if resume else None)
         if self.step == 0:
             self.method.on_fit_start(self.splits.train, self.cfg.views, self.dist.device)
         if self.dist.is_main and self.epoch == 0:
@@ -392,4 +408,7 @@ class Trainer:
         if self.dist.is_main:
             with ckpt.writing(self.out / "backbone.pth"):
                 torch.save(self.method.backbone.export_state_dict(), self.out / "backbone.pth")
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
         return result

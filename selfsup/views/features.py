@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selfsup.core.progress import progress
 from selfsup.data.dataset import ImageDataset
 from selfsup.views.recipes import eval_view
 
@@ -25,7 +26,8 @@ def extract_features(
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    for batch in dataset.batches(batch_size, shuffle=False, drop_last=False):
+    batches = dataset.batches(batch_size, shuffle=False, drop_last=False)
+    for batch in progress(batches, "features", dataset.num_batches(batch_size, drop_last=False)):
         x = eval_view(batch.images.to(device), size, mean, std)
         feats.append(backbone(x)[1].float().cpu())
         labels.append(batch.labels)

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from selfsup.core.progress import progress
 from selfsup.models.backbones import ViTBackbone
 from selfsup.views.ops import normalize
 from selfsup.views.recipes import eval_view
@@ -50,7 +51,7 @@ class FrozenFeatures:
         self.shape = tuple(first.shape[1:])
         self.bank: torch.Tensor | None = None
         if len(images) * math.prod(self.shape) * 2 <= memory_bytes:
-            self.bank = torch.cat([self._compute(idx).half() for idx in self._chunks()])
+            self.bank = torch.cat([self._compute(idx).half() for idx in progress(self._chunks(), "feature maps")])
 
     def _chunks(self) -> list[torch.Tensor]:
         return list(torch.arange(len(self.images)).split(self.batch_size))

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+PANEL_WIDTH, LEGEND_COLUMNS, DPI = 160, 6, 100
 
 
 @dataclass
@@ -42,31 +45,30 @@ def class_palette(num_classes: int, palette: tuple[tuple[int, int, int], ...] = 
 
 
 def save_figure(figure: DenseFigure, path: str | Path) -> Path:
-    """A PNG with one row per image: the image, its ground truth and every prediction, plus a
-    legend of class colours (ignored pixels black)."""
+    """A PNG with one row per image: the image, its ground truth and every prediction (panels
+    at least 160 px wide, nearest-neighbour so class colours stay exact), and a legend of class
+    colours (ignored pixels black)."""
     colours = class_palette(len(figure.classes), figure.palette)
     colours[figure.ignore_index] = 0
     titles = ["image", "ground truth", *figure.predictions]
     n, h, w = figure.labels.shape
-    gap, head, line = 4, 16, 14
-    width = len(titles) * (w + gap) + gap
-    per_row = max(1, width // 110)
-    legend_rows = math.ceil(len(figure.classes) / per_row)
-    canvas = Image.new("RGB", (width, head + n * (h + gap) + gap + legend_rows * line), "white")
-    draw = ImageDraw.Draw(canvas)
-    for col, title in enumerate(titles):
-        draw.text((gap + col * (w + gap), 2), title, fill="black")
+    scale = max(1.0, PANEL_WIDTH / w)
+    legend_rows = math.ceil(len(figure.classes) / LEGEND_COLUMNS)
+    fig = Figure(figsize=(len(titles) * (w * scale + 8) / DPI, (n * (h * scale + 8) + 30 + 18 * legend_rows) / DPI),
+                 layout="constrained")
+    axes = fig.subplots(n, len(titles), squeeze=False)
     for row in range(n):
         panels = [figure.images[row].permute(1, 2, 0).numpy(), colours[figure.labels[row].numpy()],
                   *(colours[p[row].numpy()] for p in figure.predictions.values())]
         for col, panel in enumerate(panels):
-            canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (gap + col * (w + gap), head + row * (h + gap)))
-    top = head + n * (h + gap) + gap
-    for c, name in enumerate(figure.classes):
-        x, y = gap + (c % per_row) * 110, top + (c // per_row) * line
-        draw.rectangle((x, y + 2, x + 10, y + 11), fill=tuple(int(v) for v in colours[c]))
-        draw.text((x + 14, y), name, fill="black")
+            axes[row, col].imshow(panel, interpolation="nearest")
+            axes[row, col].set_axis_off()
+    for col, title in enumerate(titles):
+        axes[0, col].set_title(title, fontsize=9)
+    handles = [Patch(facecolor=colours[c] / 255, edgecolor="#444", label=name) for c, name in enumerate(figure.classes)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(LEGEND_COLUMNS, len(handles)) or 1, fontsize=8,
+               frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    fig.savefig(path, dpi=DPI, facecolor="white")
     return path

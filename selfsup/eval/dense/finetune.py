@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from selfsup.core.progress import progress
 from selfsup.data.segmentation import SegmentationSplit, crop_resize_pair
 from selfsup.eval.dense.config import DenseConfig
 from selfsup.eval.dense.features import Encoder, autocast_on
@@ -27,7 +28,8 @@ def finetune(
     ratio = (0.75 * w / h, 4 / 3 * w / h)
     backbone.train()
     probe.train()
-    for idx in index_batches(len(train), cfg.batch_size, cfg.finetune_steps, generator):
+    for idx in progress(index_batches(len(train), cfg.batch_size, cfg.finetune_steps, generator), "fine-tuning steps",
+                        cfg.finetune_steps):
         boxes = sample_pixel_boxes(sizes[: len(idx)], cfg.finetune_scale, ratio, generator)
         flipped = torch.rand(len(idx), generator=generator) < 0.5
         images, labels = crop_resize_pair(train.images[idx], train.labels[idx], boxes, flipped, (h, w))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.core.progress import progress
 from selfsup.eval.dense.config import DenseConfig
 from selfsup.eval.dense.features import Encoder, FrozenFeatures
 from selfsup.eval.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
@@ -83,7 +84,7 @@ def train_probe(
     sched = cosine_schedule(opt, steps)
     device = probe.mean.device
     probe.train()
-    for idx in index_batches(len(labels), cfg.batch_size, steps, generator):
+    for idx in progress(index_batches(len(labels), cfg.batch_size, steps, generator), "pixel probe steps", steps):
         target = labels[idx].to(device)
         loss = masked_cross_entropy(probe(features[idx], target.shape[-2:]), target, ignore_index)
         opt.zero_grad(set_to_none=True)
@@ -102,7 +103,7 @@ def predict(
     FrozenFeatures, by pixels for an Encoder)."""
     probe.eval()
     out = []
-    for idx in torch.arange(len(images)).split(batch_size):
+    for idx in progress(torch.arange(len(images)).split(batch_size), "predictions"):
         fmap = features[idx] if isinstance(features, FrozenFeatures) else features(images[idx])
         out.append(probe(fmap, size).argmax(1).to(torch.uint8).cpu())
     return torch.cat(out)
