@@ -13,6 +13,7 @@ from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.pic import PIC
 from selfsup.methods.pixcontrast import PixContrast
 from selfsup.methods.pixpro import PixPro
+from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.swav import SwAV
@@ -41,6 +42,8 @@ METHODS: dict[str, type[Method]] = {
     "pixpro": PixPro,
     # unsupervised semantic segmentation (saliency masks)
     "maskcontrast": MaskContrast,
+    # classic pretext tasks (pretext.py: a classification of the views, held-out accuracy)
+    "rotation": Rotation,
 }
 
 

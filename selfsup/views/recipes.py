@@ -116,9 +116,18 @@ def maskcontrast(
     return [spec, spec]
 
 
+def pretext(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """The classic pretext tasks (rotation, jigsaw, context, colorization, counting, JigClu, CMC):
+    ONE view, random-resized crop and flip only; no colour jitter, grayscale or blur (``blur`` is
+    ignored): the task itself (tiles, rotations, colour channels) makes the training signal."""
+    return [ViewSpec(size=size, scale=scale, jitter_p=0.0, gray_p=0.0, mean=mean, std=std)]
+
+
 RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "simclr": simclr, "byol": byol, "instdisc": instdisc, "invaspread": invaspread, "pic": pic,
-    "maskcontrast": maskcontrast,
+    "maskcontrast": maskcontrast, "pretext": pretext,
 }
 
 
