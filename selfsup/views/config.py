@@ -35,7 +35,7 @@ class ViewsConfig(Checked):
 
     section: ClassVar[str] = "views"
 
-    recipe: Literal["", "simclr", "byol", "instdisc", "invaspread", "pic", "maskcontrast"] = ""  # RECIPES keys
+    recipe: Literal["", "simclr", "byol", "instdisc", "invaspread", "pic", "maskcontrast", "mim"] = ""  # RECIPES keys
     size: PositiveInt = 224
     scale: tuple[Fraction, Fraction] = (0.08, 1.0)
     blur: bool = True

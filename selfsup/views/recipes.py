@@ -116,9 +116,18 @@ def maskcontrast(
     return [spec, spec]
 
 
+def mim(
+    size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
+) -> list[ViewSpec]:
+    """Masked image modelling (MAE, SimMIM, CAE): ONE view, random-resized crop (CAE's scale
+    (0.08, 1) is ``views.scale``) and flip 0.5, no colour jitter, grayscale or blur (``blur``
+    is ignored)."""
+    return [ViewSpec(size=size, scale=scale, jitter_p=0.0, gray_p=0.0, mean=mean, std=std)]
+
+
 RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "simclr": simclr, "byol": byol, "instdisc": instdisc, "invaspread": invaspread, "pic": pic,
-    "maskcontrast": maskcontrast,
+    "maskcontrast": maskcontrast, "mim": mim,
 }
 
 
