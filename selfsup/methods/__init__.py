@@ -3,10 +3,12 @@
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.byol import BYOL
+from selfsup.methods.cae import CAE
 from selfsup.methods.dino import DINO
 from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.invaspread import InvaSpread
+from selfsup.methods.mae import MAE
 from selfsup.methods.maskcontrast import MaskContrast
 from selfsup.methods.moco import MoCo, MoCoV2
 from selfsup.methods.mocov3 import MoCoV3
@@ -15,6 +17,7 @@ from selfsup.methods.pixcontrast import PixContrast
 from selfsup.methods.pixpro import PixPro
 from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simmim import SimMIM
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.swav import SwAV
 from selfsup.methods.vicreg import VICReg
@@ -44,6 +47,10 @@ METHODS: dict[str, type[Method]] = {
     "maskcontrast": MaskContrast,
     # classic pretext tasks (pretext.py: a classification of the views, held-out accuracy)
     "rotation": Rotation,
+    # masked image modelling (ViT backbones)
+    "mae": MAE,
+    "simmim": SimMIM,
+    "cae": CAE,
 }
 
 

@@ -36,7 +36,7 @@ class ViewsConfig(Checked):
     section: ClassVar[str] = "views"
 
     recipe: Literal[
-        "", "simclr", "byol", "instdisc", "invaspread", "pic", "maskcontrast", "pretext"
+        "", "simclr", "byol", "instdisc", "invaspread", "pic", "maskcontrast", "pretext", "mim"
     ] = ""  # RECIPES keys
     size: PositiveInt = 224
     scale: tuple[Fraction, Fraction] = (0.08, 1.0)

@@ -116,18 +116,19 @@ def maskcontrast(
     return [spec, spec]
 
 
-def pretext(
+def single_view(
     size: int, scale: tuple[float, float], blur: bool, mean: Stats, std: Stats
 ) -> list[ViewSpec]:
-    """The classic pretext tasks (rotation, jigsaw, context, colorization, counting, JigClu, CMC):
-    ONE view, random-resized crop and flip only; no colour jitter, grayscale or blur (``blur`` is
-    ignored): the task itself (tiles, rotations, colour channels) makes the training signal."""
+    """ONE view, random-resized crop and flip 0.5 only; no colour jitter, grayscale or blur
+    (``blur`` is ignored). The classic pretext tasks (recipe ``pretext``: the task itself -- tiles,
+    rotations, colour channels -- makes the training signal) and masked image modelling (recipe
+    ``mim``: MAE, SimMIM, CAE; CAE's scale (0.08, 1) is ``views.scale``) train on it."""
     return [ViewSpec(size=size, scale=scale, jitter_p=0.0, gray_p=0.0, mean=mean, std=std)]
 
 
 RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "simclr": simclr, "byol": byol, "instdisc": instdisc, "invaspread": invaspread, "pic": pic,
-    "maskcontrast": maskcontrast, "pretext": pretext,
+    "maskcontrast": maskcontrast, "pretext": single_view, "mim": single_view,
 }
 
 
