@@ -76,7 +76,7 @@ class MaskedImageModel(Method):
             count = mask_count(n, m.mask_ratio, m.mask_count)
             if not 0 < count < n:
                 raise ConfigError(f"{cfg.method}: {count} masked patches of {n} ({side}x{side} grid of "
-                                  f"views.size {cfg.views.size} / backbone.patch_size {b.patch_size}); need 0 < count < {n}")
+                                  f"views.size {cfg.views.size} / patch {b.patch_size}); need 0 < count < {n}")
             if m.masking == "block" and m.mask_min_block > count:
                 raise ConfigError(f"{cfg.method}.mask_min_block {m.mask_min_block} is more than the {count} "
                                   "patches to mask")
