@@ -26,7 +26,7 @@ import torch
 from matplotlib.figure import Figure
 
 from selfsup.core.errors import ConfigError
-from selfsup.data import DataError, cap, open_dataset
+from selfsup.data import DataError, ImageDataset, cap, open_dataset
 from selfsup.losses.mim import masked_patch_mse, patchify, pixel_targets, unpatchify
 from selfsup.methods.cae import CAE
 from selfsup.methods.masked import MaskedImageModel
@@ -92,6 +92,47 @@ def reconstruction_panels(method: MaskedImageModel, images: torch.Tensor, mask: 
     return panels
 
 
+def reconstruction_report(
+    method: MaskedImageModel,
+    dataset: ImageDataset,
+    size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    picture_images: int = 8,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> tuple[dict[str, Any], Figure]:
+    """Errors averaged over ``dataset`` (see the module docstring) and the picture of
+    ``picture_images`` of its images, evenly spaced (folders are class-sorted: several classes)."""
+    if getattr(method, "tokenizer", None) is not None:
+        raise ConfigError("reconstruct: the method predicts tokenizer ids; there are no pixels to compare")
+    was_training = method.training
+    method.to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = {}
+    for batch in dataset.batches(batch_size, shuffle=False, drop_last=False):
+        x = eval_view(batch.images.to(device), size, mean, std)
+        for k, value in reconstruction_errors(method, x, method.draw_masks(x, gen)).items():
+            sums[k] = sums.get(k, 0.0) + value
+    spaced = torch.linspace(0, len(dataset) - 1, min(picture_images, len(dataset))).round().long().unique()
+    shown = dataset.subset(spaced)
+    x = eval_view(next(shown.batches(len(shown), shuffle=False, drop_last=False)).images.to(device), size, mean, std)
+    figure = reconstruction_figure(reconstruction_panels(method, x, method.draw_masks(x, gen), mean, std))
+    method.train(was_training)
+    grid, c = method.grid(x), method.cfg
+    result: dict[str, Any] = {
+        "images": len(dataset), "size": size,
+        "masking": {"kind": c.masking, "masked": mask_count(grid[0] * grid[1], c.mask_ratio, c.mask_count),
+                    "patches": grid[0] * grid[1]},
+        "target": "per-patch normalised pixels" if getattr(c, "norm_pix_loss", False) else "normalised pixels",
+        **{k: total / len(dataset) for k, total in sums.items()},
+    }
+    if isinstance(method, CAE):
+        result["alignment_weight"] = c.alignment_weight
+    return result, figure
+
+
 def reconstruct_eval(
     checkpoint: str | Path,
     data: str | None = None,
@@ -104,44 +145,19 @@ def reconstruct_eval(
     seed: int = 0,
     random_init: bool = False,
 ) -> tuple[dict[str, Any], Figure]:
-    """The result (errors averaged over ``max_images`` images of ``split``, 0 = all) and the
-    picture of the first ``picture_images`` of them, for a MIM run (``data``: default the run's)."""
+    """:func:`reconstruction_report` of a MIM run on ``max_images`` images of ``split`` (0 = all;
+    ``data``: default the run's own)."""
     cfg, method = load_run(checkpoint, random_init=random_init)
     if not isinstance(method, MaskedImageModel):
         raise ConfigError(f"reconstruct: {checkpoint} is a {cfg.method} run; reconstructions need a masked image "
                           "model (mae, simmim, cae)")
-    if getattr(method, "tokenizer", None) is not None:
-        raise ConfigError(f"reconstruct: {checkpoint} predicts tokenizer ids; there are no pixels to compare")
     path = data or cfg.data.path
     splits = open_dataset(path, load_size=cfg.data.load_size)
     dataset = splits.test if split == "test" else splits.train
     if dataset is None:
         raise DataError(f"{path}: no held-out split (a test/ or val/ folder); use --split train")
-    dataset = cap(dataset, max_images, seed)
-    method.to(device).eval()
-    v, size = cfg.views, size or cfg.views.size
-    gen = torch.Generator().manual_seed(seed)
-    sums: dict[str, float] = {}
-    for batch in dataset.batches(batch_size, shuffle=False, drop_last=False):
-        x = eval_view(batch.images.to(device), size, v.mean, v.std)
-        mask = method.draw_masks(x, gen)
-        for k, value in reconstruction_errors(method, x, mask).items():
-            sums[k] = sums.get(k, 0.0) + value
-    # pictured: images evenly spaced through the split (folders are class-sorted: several classes)
-    spaced = torch.linspace(0, len(dataset) - 1, min(picture_images, len(dataset))).round().long().unique()
-    shown = dataset.subset(spaced)
-    x = eval_view(next(shown.batches(len(shown), shuffle=False, drop_last=False)).images.to(device), size, v.mean,
-                  v.std)
-    grid = method.grid(x)
-    params = cfg.params
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "random_init": random_init, "method": cfg.method, "split": split,
-        "images": len(dataset), "size": size,
-        "masking": {"kind": params.masking, "masked": mask_count(grid[0] * grid[1], params.mask_ratio,
-                                                                  params.mask_count), "patches": grid[0] * grid[1]},
-        "target": "per-patch normalised pixels" if getattr(params, "norm_pix_loss", False) else "normalised pixels",
-        **{k: total / len(dataset) for k, total in sums.items()},
-    }
-    if isinstance(method, CAE):
-        result["alignment_weight"] = params.alignment_weight
-    return result, reconstruction_figure(reconstruction_panels(method, x, method.draw_masks(x, gen), v.mean, v.std))
+    v = cfg.views
+    result, figure = reconstruction_report(method, cap(dataset, max_images, seed), size or v.size, v.mean, v.std,
+                                           picture_images, batch_size, device, seed)
+    return {"checkpoint": str(checkpoint), "random_init": random_init, "method": cfg.method, "split": split,
+            **result}, figure
