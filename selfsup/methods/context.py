@@ -21,8 +21,7 @@ by Context Prediction", ICCV 2015).
   accuracy (chance 1/8).
 - Patch size at 32 px (CIFAR-10). The paper samples 96-pixel patches with a gap of 48 (half a
   patch) and jitter up to 7. At 32 px: 8-pixel patches, gap 3, jitter 1 (3 * 8 + 2 * 3 + 2 = 32,
-  the whole view), resized to ``tile_size`` = 16 for the network (as ``jigsaw``: with the
-  standard ResNet stem an 8-pixel patch is 1 x 1 after the second stage).
+  the whole view), at their native resolution (``tile_size: 0``, as ``jigsaw``).
 - Differences from the official code (Caffe): every image gives all 8 (centre, neighbour) pairs,
   whose 9 patches go through F once (the paper samples one pair per image); the network is the
   configured backbone with Linear-BN-ReLU fc6 / fc7 instead of AlexNet / VGG with batch norm
@@ -59,7 +58,7 @@ class ContextConfig(Checked):
     gap: NonNegativeInt = 3  # pixels between neighbouring patches before jitter
     jitter: NonNegativeInt = 1  # each patch moves by up to this many pixels on each axis
     colour: Literal["drop", "none"] = "drop"  # against chromatic aberration
-    tile_size: NonNegativeInt = 16  # patches are resized to this many pixels for the network (0: as cut)
+    tile_size: NonNegativeInt = 0  # patches are resized to this many pixels for the network (0: as cut)
     tile_dim: PositiveInt = 512  # fc6: per-patch feature
     hidden: PositiveInt = 1024  # fc7: on the pair's concatenated features
 

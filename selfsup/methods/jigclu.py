@@ -17,7 +17,7 @@ Learning", CVPR 2021).
   ``pretext_acc``: the position accuracy (chance 1 / grid^2).
 - At 32 px: 2 x 2 tiles of 16 pixels, the montage is 32 pixels and the CIFAR ResNet stem gives
   a 4 x 4 feature map (2 x 2 cells per tile). The standard stem's 1 x 1 map at 32 px cannot be
-  split: there set ``tile_size: 32`` (a 64-pixel montage, 2 x 2 map, 4 times the compute).
+  split: there set ``tile_size: 24`` (a 48-pixel montage, 2 x 2 map, 2.25 times the compute).
 - Differences from the official code: tiles are cut without overlap from the one augmented
   view (the official code crops overlapping tiles and augments each separately); the feature
   map is pooled per slot by adaptive average pooling; the temperature is this library's

@@ -22,10 +22,12 @@ Jigsaw Puzzles", ECCV 2016).
 - Tile size at 32 px (CIFAR-10). The paper cuts a 225-pixel crop into 75-pixel cells and a
   64-pixel tile in each (gap about 11, jitter up to the cell). At 32 px the same proportions
   give 8-pixel tiles, gap 2, jitter 1 and a 1-pixel channel shift (3 * 8 + 2 * 2 + 2 * (1 + 1)
-  = 32: the whole view). The tiles are upsampled to ``tile_size`` = 16 before the network:
-  through the standard ResNet stem (stride 4) an 8-pixel tile would be 2 x 2 cells at the first
-  stage and 1 x 1 after the second, a 16-pixel one keeps 4 x 4; the cost is 9 x (16/32)^2 =
-  2.25 times one 32-pixel image per image. The evaluated backbone sees whole 32-pixel images.
+  = 32: the whole view). The tiles go to the network at that native resolution
+  (``tile_size: 0``), as in the paper, whose tiles are crops at the image's resolution: the
+  tile network sees objects at the scale the evaluated backbone sees them in whole 32-pixel
+  images, and the 9 tiles cost 9 * (8/32)^2 = 0.56 of one image. ``tile_size: 16`` upsamples
+  them (2.25 images per image): through the standard ResNet stem (stride 4) an 8-pixel tile
+  is 2 x 2 cells at the first stage, a 16-pixel one 4 x 4.
 - Differences from the official code (Caffe, CFN): the network is the configured backbone with
   Linear-BN-ReLU fc6 (``tile_dim``) and fc7 (``hidden``) instead of AlexNet with dropout; the
   permutation set ranks candidates by minimal, then total Hamming distance (the paper's
@@ -59,7 +61,7 @@ class JigsawConfig(Checked):
     gap: NonNegativeInt = 2  # pixels between neighbouring tiles before jitter
     jitter: NonNegativeInt = 1  # each tile moves by up to this many pixels on each axis
     channel_shift: NonNegativeInt = 1  # each colour channel of a tile moves by up to this many pixels
-    tile_size: NonNegativeInt = 16  # tiles are resized to this many pixels for the network (0: as cut)
+    tile_size: NonNegativeInt = 0  # tiles are resized to this many pixels for the network (0: as cut)
     tile_dim: PositiveInt = 512  # fc6: per-tile feature
     hidden: PositiveInt = 1024  # fc7: on the concatenated tile features
     eps: NonNegative = 1e-5  # per-tile normalisation
