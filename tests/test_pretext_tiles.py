@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from test_pretext import TinyNet
 
-from selfsup.config import build_config
+from selfsup.config import build_config, find_config, load_yaml
 from selfsup.core.errors import ConfigError
 from selfsup.losses.tiles import cluster_contrastive, counting_loss
 from selfsup.methods import METHODS, RunInfo
@@ -91,15 +91,14 @@ def test_cut_tiles_shift_channels_within_bounds_and_stay_inside():
     assert up.shape == (2, 9, 3, 16, 16)
 
 
-def test_presets_fit_their_grids_and_a_grid_too_big_is_refused():
-    for name in ("jigsaw", "context"):
-        cls = METHODS[name]
-        raw = {"method": name, "views": {"size": 32}, name: {"tile": 8}}
-        build_config(raw, METHODS)
-        raw[name]["tile"] = 9
-        with pytest.raises(ConfigError, match="more than the 32-pixel image"):
-            build_config(raw, METHODS)
-        assert cls.Config().tile == 8
+def test_presets_build_and_a_grid_too_big_for_the_view_is_refused():
+    for name in ("jigsaw", "context", "counting", "jigclu"):
+        cfg = build_config(load_yaml(find_config(f"cifar10/{name}")), METHODS)
+        assert cfg.method == name and cfg.views.size == 32
+        if name in ("jigsaw", "context"):
+            raw = {"method": name, "views": {"size": 32}, name: {"tile": 9}}
+            with pytest.raises(ConfigError, match="more than the 32-pixel image"):
+                build_config(raw, METHODS)
 
 
 def test_per_tile_normalisation_and_colour_dropping():
