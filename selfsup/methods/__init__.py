@@ -4,6 +4,8 @@ from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cae import CAE
+from selfsup.methods.cmc import CMC
+from selfsup.methods.colorization import Colorization
 from selfsup.methods.dino import DINO
 from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.instdisc import InstDisc
@@ -47,6 +49,8 @@ METHODS: dict[str, type[Method]] = {
     "maskcontrast": MaskContrast,
     # classic pretext tasks (pretext.py: a classification of the views, held-out accuracy)
     "rotation": Rotation,
+    "colorization": Colorization,
+    "cmc": CMC,
     # masked image modelling (ViT backbones)
     "mae": MAE,
     "simmim": SimMIM,
