@@ -18,7 +18,10 @@ channels of the CIE Lab image as its two views.
     one bank per view, V_1 and V_2 (num_images, 128), normalised random init; the anchor z_1,i
     is scored against V_2[i] (positive) and ``num_negatives`` rows of V_2 drawn uniformly (noise),
     h(s) = sigmoid(s / t - log Z_2 - log(m / n)); symmetrically z_2,i against V_1. Z_1, Z_2 are
-    estimated on the first batch (n * mean exp(s / t)) and then fixed; after the step each bank's
+    estimated on the first batch (n * mean exp(s / t)) and then fixed (``z_momentum: 1``, the
+    paper's; below 1, not in the paper, the estimate of every batch is blended in,
+    Z <- z_momentum Z + (1 - z_momentum) Z_batch, as InstDisc's option for small datasets where the
+    bank soon holds correlated features and a fixed Z saturates h); after the step each bank's
     rows of the batch move with momentum 0.5, V_v,i <- normalise(0.5 V_v,i + 0.5 z_v,i).
   ``pretext_acc``: the batch's L -> ab matching accuracy, argmax_j z_1,i . z_2,j = i (chance 1 / N).
 - Evaluated / exported network: both encoders on their channels of the (normalised RGB)
@@ -35,7 +38,6 @@ channels of the CIE Lab image as its two views.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -66,6 +68,7 @@ class CMCConfig(Checked):
     loss: Literal["infonce", "nce"] = "infonce"
     num_negatives: PositiveInt = 4096  # nce: noise rows per anchor
     bank_momentum: UnitInterval = 0.5  # nce
+    z_momentum: UnitInterval = 1.0  # nce: 1 keeps the first batch's Z (the paper); < 1 a running estimate
 
 
 class LabSplitBackbone(nn.Module):
@@ -147,10 +150,11 @@ class CMC(PretextMethod):
             with torch.autocast(anchor.device.type, enabled=False):
                 pos = (bank[index] * anchor).sum(dim=1)
                 neg = torch.einsum("nd,nkd->nk", anchor, bank[noise])
-            if self.log_z[v].isnan():
-                with torch.no_grad():
-                    estimate = all_reduce_mean(torch.cat([pos[:, None], neg], dim=1).div(t).exp().mean())
-                    self.log_z[v] = math.log(num_items) + estimate.log()
+            with torch.no_grad():
+                estimate = all_reduce_mean(torch.cat([pos[:, None], neg], dim=1).div(t).exp().mean()) * num_items
+                zm = self.cfg.z_momentum
+                running = torch.log(zm * self.log_z[v].exp() + (1 - zm) * estimate)
+                self.log_z[v] = torch.where(self.log_z[v].isnan(), torch.log(estimate), running)
             loss = loss + nce(pos, neg, t, num_items, self.log_z[v])
         update_bank(self.bank_l, index_all, gather(z_l.detach()), self.cfg.bank_momentum)
         update_bank(self.bank_ab, index_all, gather(z_ab.detach()), self.cfg.bank_momentum)

@@ -47,7 +47,15 @@ from selfsup.data import ImageDataset
 from selfsup.methods.base import RunInfo, StepOutput
 from selfsup.methods.pretext import LightnessBackbone, PretextMethod, accuracy, with_in_channels
 from selfsup.views.config import ViewsConfig
-from selfsup.views.lab import ab_bins, annealed_mean, lab_to_rgb, nearest_bin, rebalance_weights, soft_encode
+from selfsup.views.lab import (
+    ab_bins,
+    annealed_mean,
+    lab_to_rgb,
+    nearest_bin,
+    rebalance_weights,
+    smoothed_prior,
+    soft_encode,
+)
 from selfsup.views.recipes import eval_view
 from selfsup.views.view import View
 
@@ -77,19 +85,19 @@ class Colorization(PretextMethod):
         self.register_buffer("bins", ab_bins(cfg.grid).clone())
         q = len(self.bins)
         self.head = nn.Conv2d(backbone.out_dim, q, 1)
-        self.register_buffer("prior", torch.full((q,), 1 / q))  # estimated in on_fit_start
+        self.register_buffer("prior", torch.full((q,), 1 / q))  # p~, estimated in on_fit_start
         self.register_buffer("weights", torch.ones(q))
 
     @torch.no_grad()
     def on_fit_start(self, train: ImageDataset, views: ViewsConfig, device: torch.device) -> None:
-        """The views' normalisation into the Lab input, then the empirical bin distribution of
-        the training images and its rebalancing weights."""
+        """The views' normalisation into the Lab input, then the smoothed empirical bin
+        distribution p~ of the training images (``prior``) and its rebalancing weights."""
         self.backbone.lab.set_stats(views)
         counts = torch.zeros(len(self.bins), dtype=torch.float64, device=device)
         for batch in train.batches(256, shuffle=False, drop_last=False):
             x = eval_view(batch.images.to(device), views.size, views.mean, views.std)
             counts += torch.bincount(nearest_bin(self.target_ab(x), self.bins), minlength=len(self.bins))
-        self.prior.copy_(counts / counts.sum())
+        self.prior.copy_(smoothed_prior(counts, self.cfg.prior_sigma, self.bins))
         self.weights.copy_(rebalance_weights(counts, self.cfg.rebalance, self.cfg.prior_sigma, self.bins))
 
     def target_ab(self, images: torch.Tensor) -> torch.Tensor:

@@ -109,17 +109,25 @@ def nearest_bin(ab: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return torch.cdist(ab.float(), bins.to(ab.device)).argmin(dim=1)
 
 
+def smoothed_prior(counts: torch.Tensor, sigma: float = 5.0, bins: torch.Tensor | None = None) -> torch.Tensor:
+    """The empirical bin distribution p~ of Zhang et al.: bin ``counts`` (Q,) normalised, then
+    smoothed with a Gaussian kernel of std ``sigma`` in ab space over the ``bins`` centres and
+    renormalised (sigma 0 or no ``bins``: no smoothing). float64."""
+    p = counts.double() / counts.sum()
+    if bins is not None and sigma > 0:
+        kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma**2))
+        p = kernel @ p
+        p = p / p.sum()
+    return p
+
+
 def rebalance_weights(prior: torch.Tensor, lam: float = 0.5, sigma: float = 5.0,
                       bins: torch.Tensor | None = None) -> torch.Tensor:
     """Zhang et al.'s class-rebalancing weights (eq. 4): w proportional to
     ((1 - lam) p~ + lam / Q)^-1, normalised so that sum_q p~_q w_q = 1, where p~ is the empirical
     bin distribution ``prior`` (Q,) smoothed with a Gaussian kernel of std ``sigma`` in ab space
-    (over the ``bins`` centres; sigma 0 or no ``bins``: no smoothing)."""
-    p = prior.double() / prior.sum()
-    if bins is not None and sigma > 0:
-        kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma**2))
-        p = kernel @ p
-        p = p / p.sum()
+    (:func:`smoothed_prior`)."""
+    p = smoothed_prior(prior, sigma, bins)
     w = 1 / ((1 - lam) * p + lam / len(p))
     return (w / (p * w).sum()).float()
 
