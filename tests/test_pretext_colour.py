@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_pretext import TinyNet
 
 from selfsup.cli import main
 from selfsup.data import open_dataset
@@ -196,22 +197,6 @@ def test_patch_nce_by_hand_and_negatives_stay_in_their_image():
     other_q, other_k = torch.randn(1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.randn(1, 2, 2)
     both = patch_nce(torch.cat([q, other_q]), torch.cat([k, other_k]), t)
     assert both.item() == pytest.approx((patch_nce(q, k, t).item() + patch_nce(other_q, other_k, t).item()) / 2)
-
-
-class TinyNet(torch.nn.Module):
-    """Two strided conv + BN + ReLU layers: a backbone (fmap, pooled) fast on a CPU."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-            torch.nn.Conv2d(16, 32, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-        )
-        self.out_dim = 32
-
-    def forward(self, x):
-        fmap = self.body(x)
-        return fmap, fmap.mean(dim=(2, 3))
 
 
 def _view(images: torch.Tensor, index: torch.Tensor) -> list[View]:
