@@ -311,6 +311,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _colorize(args: argparse.Namespace) -> int:
+    from selfsup.eval.colorize import write_colorized
+
+    out = write_colorized(args.checkpoint, args.out, args.data, args.n, args.seed, args.device)
+    print(f"colourised images written to {out}")
+    return 0
+
+
 def _views_preview(args: argparse.Namespace) -> int:
     from selfsup.eval.preview import write_preview
 
@@ -522,6 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("colorize", help="PNG of held-out images colourised by a colorization run (grey / ours / true)")
+    p.add_argument("checkpoint", metavar="RUN", help="a colorization run folder or its last.pt")
+    p.add_argument("--data", help="images to colourise (default: the run's data.path; its test/val split)")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--out", help="output PNG (default: RUN/colorized.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_colorize)
 
     vw = sub.add_parser("views", help="look at the views").add_subparsers(dest="views_kind", required=True)
     p = vw.add_parser("preview", help="PNG of training images with sampled crops (and ContrastiveCrop boxes)")

@@ -4,6 +4,8 @@ from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cae import CAE
+from selfsup.methods.cmc import CMC
+from selfsup.methods.colorization import Colorization
 from selfsup.methods.context import Context
 from selfsup.methods.counting import Counting
 from selfsup.methods.dino import DINO
@@ -55,6 +57,8 @@ METHODS: dict[str, type[Method]] = {
     "context": Context,
     "counting": Counting,
     "jigclu": JigClu,
+    "colorization": Colorization,
+    "cmc": CMC,
     # masked image modelling (ViT backbones)
     "mae": MAE,
     "simmim": SimMIM,
