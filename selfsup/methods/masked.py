@@ -96,7 +96,7 @@ class MaskedImageModel(Method):
         count = mask_count(grid[0] * grid[1], cfg.mask_ratio, cfg.mask_count)
         gen = self.mask_rng.next(torch.device("cpu")) if generator is None else generator
         masks = draw_masks(cfg.masking, n * world_size(), grid, count, gen, cfg.mask_min_block, cfg.mask_aspect)
-        return masks[rank() * n : (rank() + 1) * n].to(images.device)
+        return masks[rank() * n : (rank() + 1) * n].to(images.device, non_blocking=True)
 
     def predict_patches(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The method's prediction (B, h * w, P) of every patch's target (rows of visible patches
