@@ -2,10 +2,12 @@
 
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cae import CAE
 from selfsup.methods.dino import DINO
 from selfsup.methods.exemplar import Exemplar
+from selfsup.methods.ibot import IBOT
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.invaspread import InvaSpread
 from selfsup.methods.mae import MAE
@@ -51,6 +53,8 @@ METHODS: dict[str, type[Method]] = {
     "mae": MAE,
     "simmim": SimMIM,
     "cae": CAE,
+    "beit": BEiT,
+    "ibot": IBOT,
 }
 
 
