@@ -109,11 +109,11 @@ class IBOT(MaskedImageModel):
         self.teacher_patch_temp.fill_(teacher_temperature(epoch, c.warmup_teacher_patch_temp, c.teacher_patch_temp,
                                                           epochs))
 
-    def draw_masks(self, images: torch.Tensor) -> torch.Tensor:
+    def draw_masks(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """bool (B, h * w) masks of this rank's images, each image's ratio drawn in the range: the
-        rank's slice of the global batch's masks."""
+        rank's slice of the global batch's masks, from the run's generator (or ``generator``)."""
         cfg, grid, n = self.cfg, self.grid(images), images.shape[0]
-        gen = self.mask_rng.next(torch.device("cpu"))
+        gen = self.mask_rng.next(torch.device("cpu")) if generator is None else generator
         total = n * world_size()
         ratios = cfg.mask_ratio + cfg.mask_ratio_var * (2 * torch.rand(total, generator=gen, dtype=torch.float64) - 1)
         counts = [mask_count(grid[0] * grid[1], float(r), cfg.mask_count) for r in ratios]
