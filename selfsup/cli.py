@@ -276,6 +276,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    from selfsup.models.tokenizer import TokenizerConfig
+    from selfsup.train.tokenizer import TokenizerTrainConfig, train_tokenizer
+    from selfsup.views.config import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+
+    cifar = args.data == "cifar10"  # the named dataset's presets use its statistics, the library default ImageNet's
+    mean = tuple(args.mean) if args.mean else CIFAR10_MEAN if cifar else IMAGENET_MEAN
+    std = tuple(args.std) if args.std else CIFAR10_STD if cifar else IMAGENET_STD
+    model = TokenizerConfig(patch_size=args.patch_size, codebook_size=args.codebook_size, code_dim=args.code_dim,
+                            hidden=args.hidden, mean=mean, std=std)
+    cfg = TokenizerTrainConfig(data=args.data, out=args.out, model=model, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr, size=args.size, scale=tuple(args.scale),
+                               max_images=args.max_images, seed=args.seed, device=args.device)
+    print(json.dumps(train_tokenizer(cfg)))
+    print(f"tokenizer written to {args.out} (use it as beit.tokenizer={args.out} or cae.tokenizer={args.out})",
+          file=sys.stderr)
+    return 0
+
+
 def _methods(_: argparse.Namespace) -> int:
     width = max(map(len, METHODS))
     for name, cls in METHODS.items():
@@ -494,6 +513,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run folder or its last.pt")
     p.add_argument("--out", required=True, help="output .pth file")
     p.set_defaults(func=_export)
+
+    tk = sub.add_parser("tokenizer", help="discrete visual tokenizer (BEiT / CAE token targets)")
+    p = tk.add_subparsers(dest="tokenizer_kind", required=True).add_parser(
+        "train", help="train a VQ-VAE tokenizer on unlabelled images (selfsup.models.tokenizer)")
+    p.add_argument("--data", required=True, help="image folder, archive, or cifar10")
+    p.add_argument("--out", required=True, help="folder for tokenizer.json / .safetensors, metrics and pictures")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--patch-size", type=int, default=4, help="pixels per token side: the ViT's patch size")
+    p.add_argument("--codebook-size", type=int, default=512)
+    p.add_argument("--code-dim", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=64, help="channels of the conv encoder and decoder")
+    p.add_argument("--size", type=int, default=32, help="training crop size (the MIM run's views.size)")
+    p.add_argument("--scale", type=float, nargs=2, default=(0.2, 1.0), metavar=("MIN", "MAX"), help="crop area")
+    p.add_argument("--mean", type=float, nargs=3,
+                   help="normalisation (default: CIFAR-10's for cifar10, else ImageNet's)")
+    p.add_argument("--std", type=float, nargs=3)
+    p.add_argument("--max-images", type=int, default=0, help="use a random subset of the train split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_tokenizer_train)
 
     p = sub.add_parser("methods", help="list the available methods")
     p.set_defaults(func=_methods)

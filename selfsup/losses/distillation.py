@@ -37,3 +37,30 @@ def dino_loss(
     log_p = [F.log_softmax(upcast(s) / student_temp, dim=1) for s in student]
     terms = [-(q * lp).sum(dim=1).mean() for i, q in enumerate(targets) for v, lp in enumerate(log_p) if v != i]
     return sum(terms) / len(terms)
+
+
+def masked_patch_distillation(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mask: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float | torch.Tensor,
+) -> torch.Tensor:
+    """iBOT's masked-image-modelling loss (Zhou et al., "iBOT: Image BERT Pre-Training with Online
+    Tokenizer", ICLR 2022, Eq. 2 and Alg. 1): the teacher's patch distribution on the UNMASKED
+    view u is the target of the student's on the masked view u^ at every masked patch i,
+
+        P_t(u)_i = softmax((g_t(u)_i - c') / tau_t'),    P_s(u^)_i = softmax(g_s(u^)_i / tau_s),
+        L = mean_b [ sum_i m_bi H(P_t(u)_bi, P_s(u^)_bi) / max(sum_i m_bi, 1) ],
+
+    averaged per image over its masked patches, then over the images (an image with no masked
+    patch adds 0). Visible patches add nothing.
+
+    student / teacher: (B, N, K) patch logits; mask: bool (B, N), True where masked;
+    center: (1, K) or (K,) the patch centre c'.
+    """
+    target = F.softmax((upcast(teacher) - center) / teacher_temp, dim=-1).detach()
+    h = -(target * F.log_softmax(upcast(student) / student_temp, dim=-1)).sum(dim=-1)
+    m = mask.to(h.dtype)
+    return ((h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)).mean()

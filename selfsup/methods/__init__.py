@@ -2,6 +2,7 @@
 
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cae import CAE
 from selfsup.methods.cmc import CMC
@@ -10,6 +11,7 @@ from selfsup.methods.context import Context
 from selfsup.methods.counting import Counting
 from selfsup.methods.dino import DINO
 from selfsup.methods.exemplar import Exemplar
+from selfsup.methods.ibot import IBOT
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.invaspread import InvaSpread
 from selfsup.methods.jigclu import JigClu
@@ -63,6 +65,8 @@ METHODS: dict[str, type[Method]] = {
     "mae": MAE,
     "simmim": SimMIM,
     "cae": CAE,
+    "beit": BEiT,
+    "ibot": IBOT,
 }
 
 

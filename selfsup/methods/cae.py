@@ -17,10 +17,11 @@ Self-Supervised Representation Learning", IJCV 2023), as in ../shared/docs/metho
   weight ``alignment_weight`` (2; 0 is the ablation and skips the target pass).
 - Decoder G: Z_m + P_m through ``decoder_depth`` (4) self-attention blocks over the masked tokens
   only, LN, and a linear layer to the target space.
-- Targets: (a) per-patch normalised pixels, MSE (``norm_pix_loss``), or (b) a discrete
-  tokenizer's ids of the masked patches, cross-entropy (the paper's DALL-E tokens): pass any
-  :class:`Tokenizer` as ``CAE(..., tokenizer=...)``; none ships (the DALL-E weights cannot be
-  downloaded here). L = L_target + alignment_weight * L_align.
+- Targets (``target``): (a) ``pixels``, per-patch normalised pixels, MSE (``norm_pix_loss``), or
+  (b) ``tokens``, a discrete tokenizer's ids of the masked patches, cross-entropy (the paper's
+  setting, with DALL-E's tokens, which cannot be downloaded here): the VQ-VAE trained by
+  ``selfsup tokenizer train`` given as ``cae.tokenizer=DIR``, or any :class:`Tokenizer` passed
+  as ``CAE(..., tokenizer=...)``. L = L_target + alignment_weight * L_align.
 - Differences from the official code: block masks reach the exact count (the official BEiT
   generator may stop short); masks come from the run's checkpointed generator, drawn for the
   global batch; the regressor and decoder widths equal the encoder's (as there).
@@ -29,7 +30,7 @@ Self-Supervised Representation Learning", IJCV 2023), as in ../shared/docs/metho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from timm.layers import LayerScale, Mlp
@@ -37,9 +38,10 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from selfsup.core.checks import Fraction, NonNegative, NonNegativeInt, PositiveInt
+from selfsup.core.errors import ConfigError
 from selfsup.losses.mim import latent_alignment, masked_patch_mse, pixel_targets, token_cross_entropy
 from selfsup.methods.base import RunInfo, StepOutput
-from selfsup.methods.masked import MaskedImageModel, MaskingConfig
+from selfsup.methods.masked import MaskedImageModel, MaskingConfig, build_tokenizer, check_tokenizer, decoded_patches
 from selfsup.models.attention import CrossAttention
 from selfsup.models.backbones import sincos_pos_embed
 from selfsup.views.masking import MaskKind, split_indices
@@ -54,10 +56,14 @@ class Tokenizer(Protocol):
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
+    def decode(self, ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Images (B, 3, H, W) drawn from ids (B, h * w) on the grid (h, w) (reconstruction pictures)."""
+
 
 @dataclass
 class CAEConfig(MaskingConfig):
-    """CAE's options (official defaults; num_heads 0: the encoder's)."""
+    """CAE's options (official defaults; num_heads 0: the encoder's). ``target``: ``pixels`` or
+    ``tokens`` (the ids of the tokenizer folder ``tokenizer``, see ``selfsup tokenizer train``)."""
 
     section: ClassVar[str] = "cae"
 
@@ -70,6 +76,8 @@ class CAEConfig(MaskingConfig):
     layer_scale: NonNegative = 0.1
     alignment_weight: NonNegative = 2.0
     norm_pix_loss: bool = True
+    target: Literal["pixels", "tokens"] = "pixels"
+    tokenizer: str = ""
 
 
 class RegressorBlock(nn.Module):
@@ -102,6 +110,8 @@ class CAE(MaskedImageModel):
         super().__init__(backbone, cfg, run)
         dim = self.backbone.out_dim
         heads = cfg.num_heads or self.backbone.net.blocks[0].attn.num_heads
+        if tokenizer is None and cfg.target == "tokens":
+            tokenizer = build_tokenizer(cfg.tokenizer, "cae.tokenizer", self.backbone)
         self.tokenizer = tokenizer
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -113,6 +123,16 @@ class CAE(MaskedImageModel):
         self.decoder_norm = nn.LayerNorm(dim)
         out = tokenizer.vocab_size if tokenizer is not None else self.patch**2 * 3
         self.decoder_head = nn.Linear(dim, out)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        super().check_config(cfg)
+        m = cfg.params
+        if m.target == "pixels" and m.tokenizer:
+            raise ConfigError(f"cae.tokenizer is set ({m.tokenizer}) but cae.target is pixels; "
+                              "use cae.target=tokens for token targets")
+        if m.target == "tokens":
+            check_tokenizer(cfg, m.tokenizer, "cae.tokenizer")
 
     def positions(self, grid: tuple[int, int], index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Sin-cos position embeddings (B, n, D) of the patches ``index`` (B, n)."""
@@ -158,7 +178,8 @@ class CAE(MaskedImageModel):
         pos_masked = self.positions(self.grid(images), masked, latents)
         pred = self.decode(self.regress(latents, pos_latents, pos_masked), pos_masked)
         full = pred.new_zeros(pred.shape[0], mask.shape[1], pred.shape[-1])
-        return full.scatter(1, masked[..., None].expand(-1, -1, pred.shape[-1]), pred)
+        full = full.scatter(1, masked[..., None].expand(-1, -1, pred.shape[-1]), pred)
+        return full if self.tokenizer is None else decoded_patches(self.tokenizer, images, mask, full, self.patch)
 
     def decode_encoder(self, images: torch.Tensor) -> torch.Tensor:
         """The seed's key check: ALL patches through the encoder, the regressor skipped, the

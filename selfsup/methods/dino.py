@@ -81,6 +81,12 @@ def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmu
     return warmup_temp + (final_temp - warmup_temp) * epoch / max(warmup_epochs - 1, 1)
 
 
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> None:
+    """c <- m c + (1 - m) mean of the teacher outputs (N, K) over the global batch (all ranks), in place."""
+    center.lerp_(all_reduce_mean(upcast(teacher).mean(dim=0, keepdim=True)), 1 - momentum)
+
+
 class DINOHead(nn.Module):
     """MLP (in -> hidden -> hidden -> bottleneck, GELU) -> L2 norm -> weight-normalised linear to K."""
 
@@ -142,11 +148,8 @@ class DINO(Method):
                 "teacher_entropy": entropy, "kl": loss.detach() - entropy}
         return StepOutput(loss, logs, embedding=feats[0].detach())
 
-    @torch.no_grad()
     def _update_center(self, teacher: torch.Tensor) -> None:
-        """c <- m c + (1 - m) mean of the teacher outputs over the global batch (all ranks)."""
-        batch_center = all_reduce_mean(upcast(teacher).mean(dim=0, keepdim=True))
-        self.center.lerp_(batch_center, 1 - self.cfg.center_momentum)
+        update_center(self.center, teacher, self.cfg.center_momentum)
 
     def after_backward(self, step: int) -> None:
         if step < self.cfg.freeze_last_layer_epochs * self.run.steps_per_epoch:

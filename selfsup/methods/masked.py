@@ -1,5 +1,6 @@
-"""What the masked-image-modelling methods (MAE, SimMIM, CAE) share: the masking options, a
-ViT backbone, masks drawn from a checkpointed generator, and reconstructions for pictures.
+"""What the masked-image-modelling methods (MAE, SimMIM, CAE, BEiT, iBOT) share: the masking
+options, a ViT backbone, masks drawn from a checkpointed generator, reconstructions for pictures,
+and the discrete tokenizer that BEiT and CAE's token targets load from a config key.
 
 Masks are drawn for the GLOBAL batch from a generator seeded identically on every rank and
 restored on resume (``SharedGenerator``); each rank keeps its own slice, so a run on several
@@ -9,6 +10,7 @@ masks of the straight run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,6 +24,7 @@ from selfsup.losses.mim import patchify, unpatchify
 from selfsup.methods.base import Method, RunInfo
 from selfsup.methods.rng import SharedGenerator
 from selfsup.models.backbones import ViTBackbone
+from selfsup.models.tokenizer import VQTokenizer, load_tokenizer, read_tokenizer_config
 from selfsup.views.masking import MaskKind, draw_masks, mask_count
 
 Aspect = Annotated[float, Range(gt=0)]
@@ -49,6 +52,46 @@ class MaskingConfig(Checked):
         lo, hi = self.mask_aspect
         if not lo <= 1 <= hi:
             raise ConfigError(f"{self.section}.mask_aspect must satisfy min <= 1 <= max, got {[lo, hi]}")
+
+
+def check_tokenizer(cfg: Any, path: str, key: str) -> None:
+    """Config-time checks of the tokenizer folder ``path`` given by the key ``key`` (e.g.
+    ``beit.tokenizer``) against the run (``cfg``: a PretrainConfig): its patch size must be the
+    ViT's, its normalisation the views'. An empty path is reported when the method is built."""
+    if not path:
+        return
+    tok, _ = read_tokenizer_config(path, key)
+    b, v = cfg.backbone, cfg.views
+    if b.patch_size and tok.patch_size != b.patch_size:
+        raise ConfigError(f"{key}: the tokenizer at {path} has patch size {tok.patch_size}, backbone.patch_size is "
+                          f"{b.patch_size}: its ids must lie on the ViT's patch grid")
+    for name in ("mean", "std"):
+        theirs, ours = getattr(tok, name), getattr(v, name)
+        if not all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(theirs, ours, strict=True)):
+            raise ConfigError(f"{key}: the tokenizer at {path} was trained on images normalised with {name} "
+                              f"{list(theirs)}, views.{name} is {list(ours)} (train it with --{name})")
+
+
+def build_tokenizer(path: str, key: str, backbone: ViTBackbone) -> VQTokenizer:
+    """The frozen tokenizer of the config key ``key``, its grid checked against the backbone's."""
+    if not path:
+        raise ConfigError(f"{key} is empty: train a tokenizer with `selfsup tokenizer train --data DATA --out DIR` "
+                          f"and pass {key}=DIR")
+    tokenizer = load_tokenizer(path, key)
+    if tokenizer.cfg.patch_size != backbone.patch_size:
+        raise ConfigError(f"{key}: the tokenizer at {path} has patch size {tokenizer.cfg.patch_size}, the ViT "
+                          f"{backbone.patch_size}")
+    return tokenizer
+
+
+def decoded_patches(tokenizer: VQTokenizer, images: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor,
+                    patch: int) -> torch.Tensor:
+    """Pixels (B, h * w, p * p * 3) that the tokenizer's decoder draws from the predicted ids
+    (argmax of ``logits`` (B, h * w, V)) at the masked patches and the true ids elsewhere: a
+    token-target method's reconstruction."""
+    ids = torch.where(mask, logits.argmax(-1), tokenizer(images))
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
+    return patchify(tokenizer.decode(ids, grid), patch)
 
 
 class MaskedImageModel(Method):
