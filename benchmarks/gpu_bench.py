@@ -466,9 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="dry run on the CPU with shrunk sizes")
     p.add_argument("--budget-s", type=float, default=420.0, help="start no section after this many seconds")
     p.add_argument("--prepare", type=Path, help="write the data the device needs into this folder and stop")
+    p.add_argument("--table", type=Path, help="write gpu.md beside this (partial) gpu.json and stop")
     args = p.parse_args(argv)
     if args.prepare:
         prepare(args.prepare)
+        return 0
+    if args.table:
+        args.table.with_name("gpu.md").write_text(markdown(json.loads(args.table.read_text())))
         return 0
     if not args.cpu and not torch.cuda.is_available():
         p.error("no CUDA device: run with --cpu for the dry run")

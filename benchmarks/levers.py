@@ -1,9 +1,9 @@
 """Each speed lever's effect on the trainer's real step, measured in one interleaved run.
 
-    OMP_NUM_THREADS=2 nice -n 10 python -m benchmarks.levers --batch 64 --steps 6
+    OMP_NUM_THREADS=2 nice -n 10 python -m benchmarks.levers --batch 64 --steps 5 --set backbone.cifar_stem=false
 
-One trainer per variant (the CIFAR-10 preset of ``--method``, ResNet-18 with the CIFAR stem,
-32 px, real CIFAR-10 images): the defaults, then one lever changed at a time
+One trainer per variant (the CIFAR-10 preset of ``--method``, ResNet-18, 32 px, real CIFAR-10
+images; ``--set`` changes every variant alike): the defaults, then one lever changed at a time
 (``train.channels_last``, ``optim.fused``, ``train.amp``, ``train.compile``). Their steps are
 timed interleaved (a, b, c, ..., a, b, c, ...) after warm-up rounds (compilation happens
 there), so machine load hits them alike; images per second from the mean step time, and the
@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.decode import commit, device_name
 from benchmarks.throughput import rates, timed_interleaved
-from selfsup.config import build_config, find_config, load_yaml, merge
+from selfsup.config import build_config, find_config, load_yaml, merge, parse_overrides
 from selfsup.methods import METHODS
 from selfsup.train.trainer import Trainer
 
@@ -98,14 +98,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip", nargs="*", default=[], help="levers left out (names as in the table)")
+    p.add_argument("--only", nargs="*", default=[], help="only these levers besides the defaults")
+    p.add_argument("--set", nargs="*", default=[], help="section.key=value overrides of every variant")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    levers = [lever for lever in LEVERS if lever[0] not in args.skip]
+    levers = [lever for i, lever in enumerate(LEVERS) if lever[0] not in args.skip
+              and (not args.only or i == 0 or lever[0] in args.only)]
     start = time.perf_counter()
-    rows = measure(args.method, args.data, args.batch, args.steps, args.device, levers)
+    rows = measure(args.method, args.data, args.batch, args.steps, args.device, levers, parse_overrides(args.set))
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        "cpu" if args.device == "auto" else args.device)
-    result = {"device": device_name(dev), "threads": torch.get_num_threads(), "method": args.method,
+    result = {"device": device_name(dev), "threads": torch.get_num_threads(), "method": args.method, "set": args.set,
               "batch": args.batch, "steps": args.steps, "wall_s": round(time.perf_counter() - start, 1),
               "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "torch": torch.__version__, "rows": rows}

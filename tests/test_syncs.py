@@ -69,3 +69,19 @@ def test_other_errors_are_raised(trainer):
 
     with pytest.raises(RuntimeError, match="out of memory"):
         check_sync_free(trainer, _batches(trainer), steps=1, warmup=0, guard=broken)
+
+
+def test_negatives_are_gathered_like_the_boolean_mask_selects_them():
+    """``drop_columns`` (SimCLR's and MoCo v3's negatives without a mask, so without a sync)
+    picks exactly what the boolean mask picked, in the same order, for every pair of columns."""
+    from selfsup.losses.contrastive import drop_columns
+
+    x = torch.randn(6, 7, dtype=torch.float64)
+    a = torch.tensor([0, 6, 2, 3, 5, 1])
+    b = torch.tensor([1, 0, 6, 2, 4, 5])
+    keep = torch.ones_like(x, dtype=torch.bool)
+    keep[torch.arange(6), a] = False
+    assert torch.equal(drop_columns(x, a), x[keep].view(6, 6))
+    keep[torch.arange(6), b] = False
+    assert torch.equal(drop_columns(x, a, b), x[keep].view(6, 5))
+    assert drop_columns(x, a, b)[0].tolist() == x[0, 2:].tolist()  # hand check: columns 0 and 1 dropped

@@ -47,10 +47,24 @@ def simclr_pairs(
     rows = torch.arange(2 * n, device=q.device)
     self_idx = torch.cat([local, local + big_n])
     pos_idx = torch.cat([local + big_n, local])
-    keep = torch.ones_like(sims, dtype=torch.bool)
-    keep[rows, self_idx] = False
-    keep[rows, pos_idx] = False
-    return sims[rows, pos_idx], sims[keep].view(2 * n, 2 * big_n - 2)
+    return sims[rows, pos_idx], drop_columns(sims, self_idx, pos_idx)
+
+
+def drop_columns(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Row i of ``x`` (R, C) without its column ``a[i]`` (and ``b[i]`` != ``a[i]``), the other
+    columns in order: (R, C - 1) or (R, C - 2).
+
+    A gather at computed columns, c_j = j + [j >= lo] + [j >= hi - 1] with lo < hi the dropped
+    ones (c_j = j + [j >= a] for one), the same values as a boolean mask would select, without
+    the host waiting for the device to count the mask's elements (a host-device sync on GPUs).
+    """
+    cols = x.shape[1]
+    if b is None:
+        j = torch.arange(cols - 1, device=x.device)[None]
+        return x.gather(1, j + (j >= a[:, None]))
+    lo, hi = torch.minimum(a, b)[:, None], torch.maximum(a, b)[:, None]
+    j = torch.arange(cols - 2, device=x.device)[None]
+    return x.gather(1, j + (j >= lo) + (j >= hi - 1))
 
 
 def nt_xent(

@@ -37,7 +37,7 @@ from selfsup.core.checks import Checked, NonNegative, NonNegativeInt, Positive, 
 from selfsup.core.comm import gather, rank
 from selfsup.core.errors import ConfigError
 from selfsup.core.tensors import upcast
-from selfsup.losses.contrastive import PairLossName, pair_loss
+from selfsup.losses.contrastive import PairLossName, drop_columns, pair_loss
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.momentum import MomentumEncoder
 from selfsup.models.backbones import ViTBackbone
@@ -95,10 +95,10 @@ class MoCoV3(Method):
         cfg = self.cfg
         q = F.normalize(upcast(q), dim=1)
         k_all = F.normalize(upcast(gather(k)), dim=1)
-        n, big_n = q.shape[0], k_all.shape[0]
+        n = q.shape[0]
         sims = q @ k_all.T
-        is_pos = F.one_hot(torch.arange(n, device=q.device) + rank() * n, big_n).bool()
-        pos, neg = sims[is_pos], sims[~is_pos].view(n, big_n - 1)
+        positive = torch.arange(n, device=q.device) + rank() * n  # the key of the same image
+        pos, neg = sims[torch.arange(n, device=q.device), positive], drop_columns(sims, positive)
         loss = pair_loss(cfg.loss, pos, neg, cfg.temperature, tau_plus=cfg.tau_plus, beta=cfg.beta)
         return loss * 2 * cfg.temperature
 
