@@ -10,7 +10,8 @@ seed; the preset's learning rate is scaled linearly from the preset batch size t
 warm-up is ``--warmup-epochs``. Then, on the LAST epoch's backbone: weighted kNN (k = 200,
 T = 0.1) and a linear probe (features standardised, 100 epochs SGD, last epoch reported) on
 ``--test-images`` held-out images; the collapse monitor's last logged values (std of the
-L2-normalised embedding, effective rank); wall time and images/s. A random-initialisation
+L2-normalised embedding, effective rank); for a pretext task (rotation, jigsaw ...) its own top-1
+on the evaluation images (``pretext_accuracy``, batches of 512); wall time and images/s. A random-initialisation
 row uses the same backbone, same evaluation. Writes benchmarks/results/instance_methods.json
 and prints a markdown table. A method that fails is recorded with its error, not dropped.
 
@@ -36,9 +37,12 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
 from selfsup.eval.online import OnlineKNN
 from selfsup.methods import METHODS
+from selfsup.methods.pretext import PretextMethod, pretext_accuracy
 from selfsup.models.backbones import build_backbone
 from selfsup.train.trainer import Trainer, seed_everything
 from selfsup.views.features import extract_features
+from selfsup.views.recipes import eval_view
+from selfsup.views.view import View
 
 ROOT = Path(__file__).resolve().parents[1]
 PIXEL_METHODS = {"pixpro", "pixcontrast", "pixpro_instance"}
@@ -55,6 +59,18 @@ def evaluate(backbone: torch.nn.Module, splits: DatasetSplits, cfg, device: torc
     lin = linear_probe(ftr, ytr, fte, yte, n_cls, epochs=100, lr=0.1)
     return {"knn_top1": knn, "linear_last_top1": lin.last_epoch_accuracy,
             "linear_best_top1": lin.best_epoch_accuracy, "linear_best_epoch": lin.best_epoch}
+
+
+def held_out_pretext_accuracy(method: torch.nn.Module, test: ImageDataset, cfg, device: torch.device) -> float | None:
+    """A pretext method's top-1 on its own task over the evaluation images (None for other methods)."""
+    if not isinstance(method, PretextMethod):
+        return None
+    v, hits = cfg.views, 0.0
+    for batch in test.batches(512, shuffle=False, drop_last=False):
+        x = eval_view(batch.images.to(device), v.size, v.mean, v.std)
+        none = torch.zeros(len(x), dtype=torch.bool)
+        hits += pretext_accuracy(method, [View(x, torch.zeros(len(x), 4), none)]) * len(x)
+    return hits / len(test)
 
 
 def config_for(method: str, args: argparse.Namespace, out: Path):
@@ -111,6 +127,7 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
            "steps": trainer.step, "resumed": resumed,
            "knn_by_epoch": {r["epoch"]: r["online_knn"] for r in epochs if "online_knn" in r}}
     row.update(evaluate(trainer.method.backbone, trainer.splits, cfg, trainer.dist.device))
+    row["pretext_acc"] = held_out_pretext_accuracy(trainer.method, trainer.splits.test, cfg, trainer.dist.device)
     return row
 
 
@@ -167,13 +184,14 @@ def main() -> None:
     print(f"\n{args.images} CIFAR-10 train images x {args.epochs} epochs, batch {args.batch_size}, "
           f"ResNet-18 ({'CIFAR' if args.cifar_stem else 'standard'} stem), 32 px, seed {args.seed}; "
           f"evaluated on {args.test_images} {'held-out train' if args.validation else 'test'} images")
-    print("| method | kNN top-1 | linear top-1 (last) | z std | eff. rank | wall s | img/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| method | kNN top-1 | linear top-1 (last) | pretext acc | z std | eff. rank | wall s | img/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['method']} | error: {r['error']} | | | | | |")
+            print(f"| {r['method']} | error: {r['error']} | | | | | | |")
             continue
-        cells = [_cell(r, k, f) for k, f in (("knn_top1", ".3f"), ("linear_last_top1", ".3f"), ("z_std", ".3f"),
+        cells = [_cell(r, k, f) for k, f in (("knn_top1", ".3f"), ("linear_last_top1", ".3f"), ("pretext_acc", ".3f"),
+                                             ("z_std", ".3f"),
                                              ("z_eff_rank", ".1f"), ("wall_s", ".0f"), ("img_per_s", ".0f"))]
         print(f"| {r['method']} | " + " | ".join(cells) + " |")
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 ROWS = [("maskcontrast, unsupervised saliency (OpenCV fine-grained)", "mc_unsup", ""),
         ("maskcontrast, masks from CamVid object classes (supervised-saliency analogue)", "mc_labels", ""),
+        ("maskcontrast from the simclr run's backbone, unsupervised saliency", "mc_unsup_init", ""),
+        ("maskcontrast from the simclr run's backbone, masks from CamVid object classes", "mc_labels_init", ""),
         ("pixpro", "pixpro", ""), ("simclr", "simclr", ""),
         ("random init (ResNet-18, output stride 8)", "pixpro", "_random_init"),
         ("random init (DeepLab-v3: ResNet-18 + decoder)", "mc_unsup", "_random_init")]
@@ -23,6 +25,8 @@ def main() -> None:
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "benchmarks/results/maskcontrast_camvid.json")
     rows = []
     for name, run, suffix in ROWS:
+        if not (runs / run).is_dir():
+            continue
         dense, cluster = _load(runs / run / f"dense{suffix}.json"), _load(runs / run / f"cluster{suffix}.json")
         time_file = runs / run / ".." / f"{run}.time"
         wall = None if suffix or not time_file.is_file() else time_file.read_text().split()[0]

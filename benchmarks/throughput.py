@@ -84,7 +84,8 @@ def bench_method(method: str, data: str, batch: int, steps: int, device: str, ru
 
     backbone, optimizer = trainer.method.backbone, trainer.optimizer
     layout = torch.channels_last if trainer.cfg.train.channels_last else torch.contiguous_format
-    views = torch.randn(2 * batch, 3, size, size, device=dev).contiguous(memory_format=layout)
+    n_views = len(trainer.specs) * batch  # the views of a step, joined in one backbone batch
+    views = torch.randn(n_views, 3, size, size, device=dev).contiguous(memory_format=layout)
     autocast = torch.autocast(dev.type, dtype=trainer.precision.dtype, enabled=trainer.precision.dtype is not None)
 
     def ceiling() -> None:
@@ -95,14 +96,17 @@ def bench_method(method: str, data: str, batch: int, steps: int, device: str, ru
         optimizer.zero_grad(set_to_none=True)
         sync()
 
+    # an EMA target network (BYOL's target, MoCo's momentum encoder) runs a forward the method cannot avoid
+    target = getattr(trainer.method, "target", None) or getattr(trainer.method, "momentum_encoder", None)
+
     def ceiling_with_target() -> None:
         with torch.no_grad(), autocast:
-            trainer.method.target.backbone(views)
+            target.backbone(views)
         ceiling()
 
-    fns = [end_to_end, ceiling] + ([ceiling_with_target] if method == "byol" else [])
+    fns = [end_to_end, ceiling] + ([ceiling_with_target] if target is not None else [])
     e2e, ceil, *inherent = (rates(batch, t) for t in timed_interleaved(fns, steps))
-    row = {"method": method, "batch": batch, "views_per_step": 2 * batch, "end_to_end": e2e, "ceiling": ceil,
+    row = {"method": method, "batch": batch, "views_per_step": n_views, "end_to_end": e2e, "ceiling": ceil,
            "ratio": e2e["img_s"] / ceil["img_s"], "layout": "channels_last" if layout == torch.channels_last
            else "contiguous", "precision": str(trainer.precision.dtype or "float32"),
            "batching": "both views in one backbone batch"}

@@ -1,4 +1,4 @@
-"""The ``selfsup`` command: pretrain, eval (knn, linear), export, methods, views preview."""
+"""The ``selfsup`` command: pretrain, eval (knn, linear, attentive, ...), export, methods, views preview."""
 
 from __future__ import annotations
 
@@ -85,13 +85,13 @@ def _device(args: argparse.Namespace) -> torch.device:
     return resolve_device(args.device)
 
 
-def _load_features(args: argparse.Namespace):
+def _eval_data(args: argparse.Namespace):
+    """The run's config and backbone (on the device), the capped train / test splits, the number
+    of classes and the evaluation size, for the evaluations on labelled image folders."""
     from selfsup.data import cap
     from selfsup.train.runs import load_run
-    from selfsup.views.features import extract_features
 
     cfg, method = load_run(args.checkpoint, random_init=args.random_init)
-    device = _device(args)
     splits = open_dataset(args.data, load_size=cfg.data.load_size)
     if splits.test is None:
         raise DataError(f"{args.data}: evaluation needs a held-out split (a test/ or val/ folder)")
@@ -99,11 +99,23 @@ def _load_features(args: argparse.Namespace):
         raise DataError(f"{args.data}: evaluation needs labelled class sub-folders")
     train = cap(splits.train, args.max_train, 0)
     test = cap(splits.test, args.max_test, 0)
-    backbone = method.backbone.to(device)
-    size = args.size or cfg.views.size
-    feats = [extract_features(backbone, d, size, cfg.views.mean, cfg.views.std, args.batch_size, device)
-             for d in (train, test)]
-    return feats, len(splits.train.classes)
+    return cfg, method.backbone.to(_device(args)), (train, test), len(splits.train.classes), args.size or cfg.views.size
+
+
+def _load_features(args: argparse.Namespace, tokens: bool = False):
+    """Frozen features (train, test) of the run's backbone: pooled vectors (``args.pool`` where
+    the command has it), or all tokens of a ViT with ``tokens``."""
+    from selfsup.views.features import extract_features
+
+    cfg, backbone, sets, n_cls, size = _eval_data(args)
+    common = (size, cfg.views.mean, cfg.views.std, args.batch_size, _device(args))
+    if tokens:
+        if not hasattr(backbone, "tokens"):
+            raise ConfigError(f"{args.checkpoint}: the attentive probe reads ViT tokens; backbone {cfg.backbone.name} "
+                              "has none")
+        return [extract_features(backbone, d, *common, pool="tokens") for d in sets], n_cls, backbone
+    pool = args.pool or ("cls" if hasattr(backbone, "tokens") else None)
+    return [extract_features(backbone, d, *common, pool=pool) for d in sets], n_cls, pool or "global average pool"
 
 
 def _write_result(args: argparse.Namespace, kind: str, result: dict[str, Any]) -> Path:
@@ -121,10 +133,10 @@ def _write_result(args: argparse.Namespace, kind: str, result: dict[str, Any]) -
 def _eval_knn(args: argparse.Namespace) -> int:
     from selfsup.eval.knn import knn_accuracy
 
-    ((ftr, ytr), (fte, yte)), n_cls = _load_features(args)
+    ((ftr, ytr), (fte, yte)), n_cls, pool = _load_features(args)
     acc = knn_accuracy(ftr, ytr, fte, yte, n_cls, args.k, args.temperature)
     _write_result(args, "knn", {
-        "checkpoint": str(args.checkpoint), "random_init": args.random_init, "knn_top1": acc,
+        "checkpoint": str(args.checkpoint), "random_init": args.random_init, "knn_top1": acc, "pool": pool,
         "k": args.k, "temperature": args.temperature, "train_images": len(ytr), "test_images": len(yte),
     })
     return 0
@@ -146,7 +158,7 @@ def _weight_decay(text: str) -> float | str:
 def _eval_linear(args: argparse.Namespace) -> int:
     from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
 
-    ((ftr, ytr), (fte, yte)), n_cls = _load_features(args)
+    ((ftr, ytr), (fte, yte)), n_cls, pool = _load_features(args)
     probe = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.probe_batch_size}
     chosen = {}
     if args.weight_decay == "auto":
@@ -161,9 +173,59 @@ def _eval_linear(args: argparse.Namespace) -> int:
         "checkpoint": str(args.checkpoint), "random_init": args.random_init,
         "last_epoch_top1": res.last_epoch_accuracy,
         "best_epoch_top1": res.best_epoch_accuracy, "best_epoch": res.best_epoch,
-        "epochs": res.epochs, "lr": args.lr, "weight_decay": wd, **chosen,
+        "epochs": res.epochs, "lr": args.lr, "weight_decay": wd, **chosen, "pool": pool,
         "train_images": len(ytr), "test_images": len(yte),
     })
+    return 0
+
+
+def _eval_attentive(args: argparse.Namespace) -> int:
+    from selfsup.eval.attentive import attentive_probe
+
+    ((ttr, ytr), (tte, yte)), n_cls, backbone = _load_features(args, tokens=True)
+    heads = args.heads or backbone.net.blocks[0].attn.num_heads
+    res = attentive_probe(ttr, ytr, tte, yte, n_cls, heads, epochs=args.epochs, lr=args.lr,
+                          weight_decay=args.weight_decay, batch_size=args.probe_batch_size, device=_device(args))
+    _write_result(args, "attentive", {
+        "checkpoint": str(args.checkpoint), "random_init": args.random_init,
+        "last_epoch_top1": res.last_epoch_accuracy,
+        "best_epoch_top1": res.best_epoch_accuracy, "best_epoch": res.best_epoch,
+        "epochs": res.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "heads": heads,
+        "tokens": f"CLS + {ttr.shape[1] - 1} patch tokens after the final norm, frozen",
+        "train_images": len(ytr), "test_images": len(yte),
+    })
+    return 0
+
+
+def _eval_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from selfsup.eval.finetune import FinetuneConfig, classifier, finetune
+
+    cfg, backbone, (train, test), n_cls, size = _eval_data(args)
+    ft = FinetuneConfig(epochs=args.epochs, batch_size=args.finetune_batch_size, optimizer=args.optimizer, lr=args.lr,
+                        weight_decay=args.weight_decay, layer_decay=args.layer_decay,
+                        warmup_epochs=args.warmup_epochs, scale=tuple(args.scale), pool=args.pool, seed=args.seed)
+    model = classifier(backbone, n_cls, ft)
+    res = finetune(model, train, test, ft, size, cfg.views.mean, cfg.views.std, _device(args), args.batch_size)
+    _write_result(args, "finetune", {
+        "checkpoint": str(args.checkpoint), "random_init": args.random_init,
+        "last_epoch_top1": res.last_epoch_accuracy, "best_epoch_top1": res.best_epoch_accuracy,
+        "best_epoch": res.best_epoch, "test_top1_per_epoch": res.test_accuracy, "pool": res.pool,
+        **{k: v for k, v in dataclasses.asdict(ft).items() if k != "pool"},
+        "train_images": len(train), "test_images": len(test),
+    })
+    return 0
+
+
+def _eval_reconstruct(args: argparse.Namespace) -> int:
+    from selfsup.eval.reconstruct import reconstruct_eval
+
+    result, figure = reconstruct_eval(args.checkpoint, args.data, args.split, args.max_images, args.images, args.size,
+                                      args.batch_size, _device(args), args.seed, args.random_init)
+    picture = _write_result(args, "reconstruct", result).with_suffix(".png")
+    figure.savefig(picture, dpi=100, facecolor="white")
+    print(f"figure written to {picture}", file=sys.stderr)
     return 0
 
 
@@ -268,6 +330,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _colorize(args: argparse.Namespace) -> int:
+    from selfsup.eval.colorize import write_colorized
+
+    out = write_colorized(args.checkpoint, args.out, args.data, args.n, args.seed, args.device)
+    print(f"colourised images written to {out}")
+    return 0
+
+
 def _views_preview(args: argparse.Namespace) -> int:
     from selfsup.eval.preview import write_preview
 
@@ -288,6 +358,11 @@ def _eval_parser(sub: argparse._SubParsersAction, name: str, help_: str) -> argp
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     return p
+
+
+def _pool_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", choices=("cls", "mean"),
+                   help="ViTs: the CLS token (default) or the mean of the patch tokens, after the final norm")
 
 
 class SuggestingParser(argparse.ArgumentParser):
@@ -334,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _eval_parser(ev, "knn", "weighted kNN accuracy (InstDisc protocol)")
     p.add_argument("--k", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.1)
+    _pool_option(p)
     p.set_defaults(func=_eval_knn)
     p = _eval_parser(ev, "linear", "linear probe on frozen features (last-epoch accuracy)")
     p.add_argument("--epochs", type=int, default=100)
@@ -341,7 +417,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=_weight_decay, default=0.0,
                    help="L2 weight decay, or 'auto': chosen from 0 to 0.3 on a held-out 20%% of the train split")
     p.add_argument("--probe-batch-size", type=int, default=256)
+    _pool_option(p)
     p.set_defaults(func=_eval_linear)
+    p = _eval_parser(ev, "attentive", "CAE's attentive probe (one cross-attention block) on frozen ViT tokens")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (cosine schedule)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--heads", type=int, default=0, help="attention heads (0: the encoder's)")
+    p.add_argument("--probe-batch-size", type=int, default=256)
+    p.set_defaults(func=_eval_attentive)
+    p = _eval_parser(ev, "finetune", "full fine-tuning with layer-wise lr decay (last-epoch accuracy)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the classifier (warm-up, cosine)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--layer-decay", type=float, default=0.75, help="layer i of L learns at lr * decay^(L + 1 - i)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--scale", type=float, nargs=2, default=(0.2, 1.0), metavar=("MIN", "MAX"),
+                   help="random-resized crop area of the training views")
+    p.add_argument("--finetune-batch-size", type=int, default=128, help="images per training step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", choices=("cls", "mean"), help="ViTs: mean of the patch tokens (default) or CLS")
+    p.set_defaults(func=_eval_finetune)
+    p = ev.add_parser("reconstruct", help="MIM runs: reconstruction pictures and errors (CAE: decoder on encoder)")
+    p.add_argument("--checkpoint", required=True, help="a run folder or its last.pt (mae, simmim, cae)")
+    p.add_argument("--data", help="images (default: the run's data.path)")
+    p.add_argument("--out", help="result JSON (default: reconstruct.json next to the checkpoint); the PNG beside it")
+    p.add_argument("--random-init", action="store_true", help="same architecture, random weights (baseline)")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--max-images", type=int, default=512, help="images the errors average over (0: the split)")
+    p.add_argument("--images", type=int, default=8, help="rows of the picture")
+    p.add_argument("--size", type=int, default=0, help="image size (default: the training size)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks and of the image subset")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_eval_reconstruct)
     p = _eval_parser(ev, "align", "alignment (augmented view pairs) and uniformity of the features (Wang & Isola)")
     p.add_argument("--split", choices=("test", "train"), default="test", help="images to measure on")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")
@@ -461,6 +571,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("colorize", help="PNG of held-out images colourised by a colorization run (grey / ours / true)")
+    p.add_argument("checkpoint", metavar="RUN", help="a colorization run folder or its last.pt")
+    p.add_argument("--data", help="images to colourise (default: the run's data.path; its test/val split)")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--out", help="output PNG (default: RUN/colorized.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_colorize)
 
     vw = sub.add_parser("views", help="look at the views").add_subparsers(dest="views_kind", required=True)
     p = vw.add_parser("preview", help="PNG of training images with sampled crops (and ContrastiveCrop boxes)")

@@ -96,6 +96,9 @@ class OptimConfig(Checked):
     backbone's layer i of L gets ``lr * layer_decay^(L + 1 - i)``, the heads the full lr.
     ``lars_clip``: LARS in LARC's clipping mode (``trust_coefficient`` caps each layer's relative
     step instead of scaling it; see :class:`selfsup.train.optim.LARS`).
+    ``fused``: torch's fused SGD / AdamW kernels (one kernel over all parameters instead of a
+    few per parameter); ``auto``: on where the weights are on a CUDA device, off on the CPU;
+    ``true`` on the CPU uses torch's fused CPU kernels; LARS has none (``true`` is an error).
     """
 
     section: ClassVar[str] = "optim"
@@ -115,6 +118,12 @@ class OptimConfig(Checked):
     min_lr: NonNegative = 0.0
     grad_clip: NonNegative = 0.0
     layer_decay: Annotated[float, Range(gt=0, le=1)] = 1.0
+    fused: Literal["auto", True, False] = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fused is True and self.name == "lars":
+            raise ConfigError("optim.fused=true: torch has no fused LARS; use optim.fused: auto or false")
 
 
 @dataclass
@@ -129,7 +138,12 @@ class TrainConfig(Checked):
     the weights; ``float64`` (no AMP) is for
     exact comparisons, e.g. the golden trajectories of the tests, where float32 round-off,
     amplified by batch norm over a few images, would differ between CPUs. ``log``: ``tensorboard``
-    also writes the records as TensorBoard scalars into the run folder (``selfsup.train.sinks``)."""
+    also writes the records as TensorBoard scalars into the run folder (``selfsup.train.sinks``).
+    ``compile``: the method's forward through ``torch.compile``; where compiling fails, one line
+    says why and the run continues eager (``selfsup.train.compiled``). ``channels_last``: the
+    weights and views in channels-last memory layout (faster convolutions on GPUs with tensor
+    cores); ``amp``: autocast, ``auto`` = bf16 on CUDA GPUs that have it (fp16 with loss
+    scaling on older ones), off on the CPU."""
 
     section: ClassVar[str] = "train"
 
@@ -141,6 +155,7 @@ class TrainConfig(Checked):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     channels_last: bool = True
+    compile: bool = False
     sync_bn: bool = False
     out_dir: str = "runs/run"
     log_every: PositiveInt = 10

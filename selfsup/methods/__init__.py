@@ -5,11 +5,17 @@ from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.methods.beit import BEiT
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cae import CAE
+from selfsup.methods.cmc import CMC
+from selfsup.methods.colorization import Colorization
+from selfsup.methods.context import Context
+from selfsup.methods.counting import Counting
 from selfsup.methods.dino import DINO
 from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.ibot import IBOT
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.invaspread import InvaSpread
+from selfsup.methods.jigclu import JigClu
+from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
 from selfsup.methods.maskcontrast import MaskContrast
 from selfsup.methods.moco import MoCo, MoCoV2
@@ -49,6 +55,12 @@ METHODS: dict[str, type[Method]] = {
     "maskcontrast": MaskContrast,
     # classic pretext tasks (pretext.py: a classification of the views, held-out accuracy)
     "rotation": Rotation,
+    "jigsaw": Jigsaw,
+    "context": Context,
+    "counting": Counting,
+    "jigclu": JigClu,
+    "colorization": Colorization,
+    "cmc": CMC,
     # masked image modelling (ViT backbones)
     "mae": MAE,
     "simmim": SimMIM,

@@ -74,7 +74,7 @@ class MAE(MaskedImageModel):
         n_prefix, dim = self.backbone.num_prefix, x.shape[-1]
         full = self.mask_token.to(x.dtype).expand(x.shape[0], grid[0] * grid[1], dim)
         full = full.scatter(1, visible[..., None].expand(-1, -1, dim), x[:, n_prefix:])
-        full = full + sincos_pos_embed(grid, dim).to(x)[None]
+        full = full + sincos_pos_embed(grid, dim).to(x.device, x.dtype, non_blocking=True)[None]
         x = self.decoder_blocks(torch.cat([x[:, :n_prefix], full], dim=1))
         return self.decoder_pred(self.decoder_norm(x[:, n_prefix:]))
 

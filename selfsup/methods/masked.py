@@ -131,13 +131,15 @@ class MaskedImageModel(Method):
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         return images.shape[-2] // self.patch, images.shape[-1] // self.patch
 
-    def draw_masks(self, images: torch.Tensor) -> torch.Tensor:
-        """bool (B, h * w) masks of this rank's images: its slice of the global batch's masks."""
+    def draw_masks(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """bool (B, h * w) masks of this rank's images: its slice of the global batch's masks,
+        drawn from the run's generator (or from ``generator``: evaluations, which leave the
+        run's stream alone)."""
         cfg, grid, n = self.cfg, self.grid(images), images.shape[0]
         count = mask_count(grid[0] * grid[1], cfg.mask_ratio, cfg.mask_count)
-        gen = self.mask_rng.next(torch.device("cpu"))
+        gen = self.mask_rng.next(torch.device("cpu")) if generator is None else generator
         masks = draw_masks(cfg.masking, n * world_size(), grid, count, gen, cfg.mask_min_block, cfg.mask_aspect)
-        return masks[rank() * n : (rank() + 1) * n].to(images.device)
+        return masks[rank() * n : (rank() + 1) * n].to(images.device, non_blocking=True)
 
     def predict_patches(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The method's prediction (B, h * w, P) of every patch's target (rows of visible patches

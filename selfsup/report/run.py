@@ -35,6 +35,12 @@ HEADLINE = {
     ("dense_random_init", "miou"): "dense mIoU, random init",
     ("cluster", "pixel.miou.mean"): "cluster mIoU (pixel)",
     ("cluster", "maskcontrast.miou.mean"): "cluster mIoU (maskcontrast)",
+    ("attentive", "last_epoch_top1"): "attentive probe top-1",
+    ("attentive_random_init", "last_epoch_top1"): "attentive probe top-1, random init",
+    ("finetune", "last_epoch_top1"): "fine-tuned top-1",
+    ("finetune_random_init", "last_epoch_top1"): "fine-tuned top-1, random init",
+    ("reconstruct", "masked_mse"): "reconstruction MSE (masked patches)",
+    ("reconstruct", "decoder_on_encoder_mse"): "CAE decoder-on-encoder MSE",
 }
 
 

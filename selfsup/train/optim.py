@@ -105,18 +105,29 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def use_fused(cfg: OptimConfig, device: torch.device) -> bool:
+    """Whether the optimiser runs torch's fused kernels (``optim.fused``): ``auto`` = SGD and
+    AdamW on CUDA; never for LARS."""
+    if cfg.name == "lars":
+        return False
+    return device.type == "cuda" if cfg.fused == "auto" else bool(cfg.fused)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser named by ``cfg.name`` over ``model``'s trainable parameters."""
+    """The optimiser named by ``cfg.name`` over ``model``'s trainable parameters (fused kernels
+    per :func:`use_fused`, on the parameters' device)."""
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    device = next((p.device for g in groups for p in g["params"]), torch.device("cpu"))
+    fused = use_fused(cfg, device)
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars")
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
     if cfg.name == "lars":
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient,
                     clip=cfg.lars_clip)
     if cfg.name == "adamw":
         for g in groups:
             g.pop("lars")
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
     raise ValueError(f"unknown optimiser {cfg.name!r}; available: sgd, lars, adamw")

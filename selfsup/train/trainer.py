@@ -34,6 +34,7 @@ from selfsup.data import DatasetSplits, cap, open_dataset
 from selfsup.methods import RunInfo, build_method
 from selfsup.methods.base import effective_rank, embedding_std
 from selfsup.train import checkpoint as ckpt
+from selfsup.train.compiled import CompiledForward
 from selfsup.train.distributed import DistInfo, init_distributed, wrap_model
 from selfsup.train.optim import build_optimizer
 from selfsup.train.progress import StepClock
@@ -126,6 +127,7 @@ class Trainer:
         if t.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.method, self.model = wrap_model(self.method, self.dist, t.sync_bn)
+        self.forward = CompiledForward(self.model) if t.compile else self.model  # what a step calls
         self.optimizer = build_optimizer(self.method, cfg.optim)
         self.precision = choose_precision(t.amp, self.dist.device, t.dtype)
         self.scaler = torch.amp.GradScaler(enabled=self.precision.scaler)
@@ -256,10 +258,10 @@ class Trainer:
         lr = self.set_schedules(self.step)
         logs: dict[str, torch.Tensor] = {}
         n = len(micro_batches)
-        for i, batch in enumerate(micro_batches):
-            batch = batch.to(self.dist.device)
-            crop = self.method.crop_sampler(self.epoch_crop())
-            views = make_views(batch.images, batch.sizes, self.specs, self.view_gen, crop, batch.index, batch.maps)
+        for i, host in enumerate(micro_batches):
+            batch = host.to(self.dist.device)  # non-blocking; sizes and index stay on the host for the
+            crop = self.method.crop_sampler(self.epoch_crop())  # crop geometry: no copy back
+            views = make_views(batch.images, host.sizes, self.specs, self.view_gen, crop, host.index, batch.maps)
             for v in views:
                 v.index = batch.index
                 if self.cfg.train.channels_last:
@@ -270,7 +272,7 @@ class Trainer:
                 self.dist.device.type, dtype=self.precision.dtype, enabled=self.precision.dtype is not None
             )
             with ctx, autocast:
-                out = self.model(views)
+                out = self.forward(views)
             with ctx:
                 self.scaler.scale(out.loss / n).backward()
             logs["loss"] = logs.get("loss", 0) + out.loss.detach() / n

@@ -53,18 +53,45 @@ def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
     return rgb.clamp(0, 1) if clip else rgb
 
 
+def _cube_surface(levels: int) -> torch.Tensor:
+    """(3, 1, 6 levels^2) the six faces of the RGB cube sampled at ``levels`` values per axis:
+    the boundary of the sRGB solid, whose Lab image bounds the gamut's projection onto ab."""
+    v = torch.linspace(0, 1, levels)
+    u, w = (t.reshape(-1) for t in torch.meshgrid(v, v, indexing="ij"))
+    faces = []
+    for axis in range(3):
+        for value in (0.0, 1.0):
+            face = [u, w]
+            face.insert(axis, torch.full_like(u, value))
+            faces.append(torch.stack(face))
+    return torch.cat(faces, dim=1)[:, None]
+
+
 @functools.cache
-def ab_bins(grid: int = 10, step: int = 2) -> torch.Tensor:
-    """The in-gamut quantised ab values of Zhang, Isola, Efros (2016): (Q, 2) float centres
-    (a, b), multiples of ``grid``, of the ab cells ``[c - grid / 2, c + grid / 2)^2`` that hold
-    the ab value of at least one sRGB colour (the RGB cube sampled every ``step`` of 255 levels),
-    sorted by (a, b). Grid 10 gives Q = 261 here: the paper's Q = 313 comes from a gamut test it
-    does not describe (its bins span the same a in [-90, 100], b in [-110, 90]; more boundary
-    cells are counted in). Takes about 2 s the first time, cached after."""
-    v = torch.arange(0, 256, step, dtype=torch.float32) / 255
-    rgb = torch.stack(torch.meshgrid(v, v, v, indexing="ij")).reshape(3, 1, -1)
-    ab = rgb_to_lab(rgb)[1:].reshape(2, -1)
-    return (ab / grid).round().T.unique(dim=0) * grid
+def ab_bins(grid: int = 10, levels: int = 256) -> torch.Tensor:
+    """The in-gamut quantised ab values of Zhang, Isola, Efros (2016): (Q, 2) float (a, b) grid
+    points, multiples of ``grid``, sorted by (a, b); grid 10 gives the paper's Q = 313.
+
+    A grid point is in gamut when one of the four ``grid`` x ``grid`` cells it is a corner of
+    meets the convex hull of the ab values of all sRGB colours (any lightness), i.e. when the
+    square ``[c - grid, c + grid]^2`` meets that hull. The hull is that of the Lab image of the
+    RGB cube's surface sampled at ``levels`` values per channel (scipy's ConvexHull). With this
+    rule the points span a in [-90, 100], b in [-110, 100], as the paper's ``pts_in_hull``;
+    the plain cell occupancy (nearest grid point of some sRGB colour) gives only 262 bins.
+    Cached after the first call (about 0.5 s)."""
+    from scipy.spatial import ConvexHull
+
+    ab = rgb_to_lab(_cube_surface(levels).double())[1:].reshape(2, -1).T
+    hull = ab[ConvexHull(ab.numpy()).vertices]
+    corners = torch.tensor([[-1, -1], [-1, 1], [1, -1], [1, 1]], dtype=ab.dtype) * grid
+    grown = ConvexHull((hull[:, None] + corners).reshape(-1, 2).numpy())  # hull (+) the square
+    lo, hi = grown.min_bound // grid * grid, grown.max_bound // grid * grid + grid
+    a, b = torch.meshgrid(torch.arange(lo[0], hi[0] + 1, grid), torch.arange(lo[1], hi[1] + 1, grid),
+                          indexing="ij")
+    points = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1).double()
+    eq = torch.from_numpy(grown.equations)  # inside: normal . x + offset <= 0 for every facet
+    inside = (points @ eq[:, :2].T + eq[:, 2]).max(dim=1).values <= 1e-9
+    return points[inside].float()
 
 
 def soft_encode(ab: torch.Tensor, bins: torch.Tensor, neighbours: int = 5, sigma: float = 5.0) -> torch.Tensor:
@@ -82,17 +109,25 @@ def nearest_bin(ab: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return torch.cdist(ab.float(), bins.to(ab.device)).argmin(dim=1)
 
 
+def smoothed_prior(counts: torch.Tensor, sigma: float = 5.0, bins: torch.Tensor | None = None) -> torch.Tensor:
+    """The empirical bin distribution p~ of Zhang et al.: bin ``counts`` (Q,) normalised, then
+    smoothed with a Gaussian kernel of std ``sigma`` in ab space over the ``bins`` centres and
+    renormalised (sigma 0 or no ``bins``: no smoothing). float64."""
+    p = counts.double() / counts.sum()
+    if bins is not None and sigma > 0:
+        kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma**2))
+        p = kernel @ p
+        p = p / p.sum()
+    return p
+
+
 def rebalance_weights(prior: torch.Tensor, lam: float = 0.5, sigma: float = 5.0,
                       bins: torch.Tensor | None = None) -> torch.Tensor:
     """Zhang et al.'s class-rebalancing weights (eq. 4): w proportional to
     ((1 - lam) p~ + lam / Q)^-1, normalised so that sum_q p~_q w_q = 1, where p~ is the empirical
     bin distribution ``prior`` (Q,) smoothed with a Gaussian kernel of std ``sigma`` in ab space
-    (over the ``bins`` centres; sigma 0 or no ``bins``: no smoothing)."""
-    p = prior.double() / prior.sum()
-    if bins is not None and sigma > 0:
-        kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma**2))
-        p = kernel @ p
-        p = p / p.sum()
+    (:func:`smoothed_prior`)."""
+    p = smoothed_prior(prior, sigma, bins)
     w = 1 / ((1 - lam) * p + lam / len(p))
     return (w / (p * w).sum()).float()
 

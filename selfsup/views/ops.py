@@ -10,6 +10,11 @@ that slice, and restore the order: two whole-image row gathers instead of a scat
 slow on CPU. The code also avoids other CPU-slow kernels (``torch.where`` on images,
 ``aminmax``, element gathers, 2-D reflect padding) in favour of plain arithmetic, so the same
 code is fast on CPU and GPU.
+
+No host-device synchronisation: the per-sample parameters and index tensors are drawn and
+computed on the CPU and copied to the images' device without blocking (``non_blocking``; from
+pageable memory the copy is staged before the call returns, so the source may be freed), and
+nothing is read back from the device.
 """
 
 from __future__ import annotations
@@ -26,12 +31,17 @@ LUMA = (0.2989, 0.587, 0.114)
 
 def _per_sample(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """(B,) factors -> (B, 1, 1, 1) on the images' device and dtype."""
-    return values.to(images.device, images.dtype).view(-1, 1, 1, 1)
+    return values.to(images.device, images.dtype, non_blocking=True).view(-1, 1, 1, 1)
+
+
+def _constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """A small constant on ``like``'s device and dtype, copied there without a blocking copy."""
+    return torch.tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
 
 
 def _take(images: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """images[order] as one gather of whole-image rows (a fast memcpy path on CPU)."""
-    order = order.to(images.device)
+    order = order.to(images.device, non_blocking=True)
     return images.reshape(images.shape[0], -1).index_select(0, order).view(-1, *images.shape[1:])
 
 
@@ -112,8 +122,8 @@ def crop_resize(
         chosen = (keys == key).nonzero().squeeze(1)
         source = images if chosen.numel() == n else _take(images, chosen)
         source = _box_pool(source, *divmod(key, 64))
-        gx = grid_x[chosen].to(images.device, torch.float32)
-        gy = grid_y[chosen].to(images.device, torch.float32)
+        gx = grid_x[chosen].to(images.device, torch.float32, non_blocking=True)
+        gy = grid_y[chosen].to(images.device, torch.float32, non_blocking=True)
         shape = (chosen.numel(), out_size, out_size)
         grid = torch.stack((gx[:, None, :].expand(shape), gy[:, :, None].expand(shape)), dim=-1)
         parts.append(F.grid_sample(source, grid, "bilinear", "border", align_corners=False))
@@ -140,7 +150,7 @@ def crop_resize_nearest(
                                      (boxes[:, 1], boxes[:, 3], sizes[:, 0], height)):
         start, end = _edges(c0, c1, original, stored)
         position = start[:, None] + (end - start)[:, None] * centres
-        index.append(position.floor().clamp(0, stored - 1).to(torch.int64).to(maps.device))
+        index.append(position.floor().clamp(0, stored - 1).to(torch.int64).to(maps.device, non_blocking=True))
     cols, rows = index
     batch = torch.arange(maps.shape[0], device=maps.device)[:, None, None]
     return maps[batch, rows[:, :, None], cols[:, None, :]]
@@ -194,7 +204,7 @@ def adjust_brightness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tens
 
 def adjust_contrast(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Blend with the per-image mean of the grayscale image (a weighted mean of channel means)."""
-    luma = torch.tensor(LUMA, device=images.device, dtype=images.dtype)
+    luma = _constant(LUMA, images)
     mean = (images.mean(dim=(2, 3)) @ luma).view(-1, 1, 1, 1)
     return _blend(images, mean, _per_sample(factors, images))
 
@@ -227,7 +237,7 @@ def adjust_hue(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     hue = torch.sub(g, b).mul_(inv).sub_(hue_b).mul_(is_r).add_(hue_b)
     hue_g = torch.sub(b, r, out=is_r).mul_(inv).add_(2.0).sub_(hue_b).mul_(is_g)
     hue.add_(hue_g)
-    offsets = torch.tensor([3.0, 1.0, -1.0], device=images.device, dtype=images.dtype)
+    offsets = _constant((3.0, 1.0, -1.0), images)
     shift = _per_sample(factors, images) * 6.0 + offsets.view(1, 3, 1, 1)
     u = hue.unsqueeze(1) + shift  # k - 2, (B, 3, H, W)
     turns = torch.mul(u, 1.0 / 6.0).round_()
@@ -307,7 +317,7 @@ def gaussian_kernels(sigmas: torch.Tensor, kernel_size: int) -> torch.Tensor:
 def _blur(images: torch.Tensor, sigmas: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable blur: reflect-pad H, grouped conv along H, reflect-pad W, grouped conv along W."""
     n, c, h, w = images.shape
-    kernels = gaussian_kernels(sigmas.to(images.device, images.dtype), kernel_size)
+    kernels = gaussian_kernels(sigmas.to(images.device, images.dtype, non_blocking=True), kernel_size)
     weight = kernels.repeat_interleave(c, dim=0)[:, None, :]  # (n c, 1, k)
     half = kernel_size // 2
     x = F.pad(images.view(1, n * c, h, w), (0, 0, half, half), mode="reflect")
@@ -334,6 +344,6 @@ def normalize(
     images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
     """(x - mean) / std per channel."""
-    m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    m = _constant(tuple(mean), images).view(1, -1, 1, 1)
+    s = _constant(tuple(std), images).view(1, -1, 1, 1)
     return images.sub(m).div_(s)

@@ -176,7 +176,8 @@ def _make_view(
     x = gaussian_blur(x, sigmas, blurred, blur_kernel_size(spec.size))
     x = solarize(x, torch.rand(n, generator=generator) < spec.solarize_p)
     x = normalize(x, spec.mean, spec.std)
-    return View(x, boxes.to(images.device), flipped.to(images.device), maps=view_maps)
+    device = images.device
+    return View(x, boxes.to(device, non_blocking=True), flipped.to(device, non_blocking=True), maps=view_maps)
 
 
 def make_views(

@@ -1,5 +1,6 @@
-"""Geometry of the classic pretext tasks: rotations, tile grids with a gap and jitter, per-tile
-normalisation and the chromatic-aberration measures (channel jitter, colour dropping).
+"""Geometry of the classic pretext tasks: rotations, tile grids with a gap and jitter, the
+jigsaw's permutation set, per-tile normalisation, the chromatic-aberration measures (channel
+jitter, colour dropping), counting's downsampling and Jigsaw Clustering's montages.
 
 Every function works on a whole batch at once; random parameters come from a CPU
 ``torch.Generator`` (as the view recipes: deterministic, independent of the device).
@@ -7,8 +8,11 @@ Every function works on a whole batch at once; random parameters come from a CPU
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -134,3 +138,90 @@ def split_tiles(images: torch.Tensor, grid: int) -> torch.Tensor:
     h, w = hh // grid, ww // grid
     x = images[:, :, : grid * h, : grid * w].reshape(b, c, grid, h, grid, w).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b, grid * grid, c, h, w)
+
+
+def cut_tiles(images: torch.Tensor, grid: TileGrid, generator: torch.Generator, size: int = 0) -> torch.Tensor:
+    """Every image's ``grid`` tiles at independently jittered positions, with each colour
+    channel shifted by up to ``grid.margin`` pixels (no shift when the margin is 0), resized to
+    ``size`` pixels (bilinear; 0 keeps ``grid.tile``): (B, grid * grid, C, s, s)."""
+    b, c = images.shape[:2]
+    corners = grid.sample(b, generator)
+    shift = channel_shifts(b, grid.grid**2, c, grid.margin, generator) if grid.margin else None
+    tiles = extract_tiles(images, corners, grid.tile, shift)
+    return resize_tiles(tiles, size) if size and size != grid.tile else tiles
+
+
+def resize_tiles(tiles: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, T, C, h, w) -> (B, T, C, size, size), bilinear."""
+    b, t = tiles.shape[:2]
+    out = F.interpolate(tiles.flatten(0, 1), size=(size, size), mode="bilinear", align_corners=False)
+    return out.view(b, t, *out.shape[1:])
+
+
+def hamming_permutations(tiles: int, count: int, seed: int = 0) -> torch.Tensor:
+    """A set of ``count`` permutations of ``tiles`` elements far apart in Hamming distance (the
+    number of positions where two permutations differ), chosen greedily (Noroozi & Favaro,
+    2016, Algorithm 1): start from a random permutation, then repeatedly add the permutation of
+    all ``tiles!`` whose MINIMUM distance to the chosen ones is largest, ties broken by the
+    largest total distance, then by the lowest index in lexicographic order. (The paper's
+    Algorithm 1 ranks by the total distance alone; the minimum first makes the set's minimal
+    distance, the quantity that separates the classes, as large as the greedy order allows.)
+    Greedy is optimal for small sets (up to ``tiles`` permutations: the rows of a Latin square,
+    distance ``tiles``) but not in general: for 5 permutations of 4 tiles it reaches 2, the
+    best set 3.
+
+    Returns (count, tiles) int64; row k is the k-th class: slot i of the puzzle shows tile
+    ``row[i]``. ``seed`` picks the first permutation.
+    """
+    if count > math.factorial(tiles) or count < 1:
+        raise ConfigError(f"a permutation set of {tiles} tiles has 1 to {math.factorial(tiles)} members, got {count}")
+    pool = np.array(list(itertools.permutations(range(tiles))), dtype=np.uint8).T.copy()  # (tiles, tiles!)
+    first = int(torch.randint(pool.shape[1], (1,), generator=torch.Generator().manual_seed(seed)))
+    chosen = [first]
+    dist = (pool != pool[:, first:first + 1]).sum(axis=0, dtype=np.int64)
+    min_dist, total = dist.copy(), dist.copy()
+    for _ in range(count - 1):
+        k = int((min_dist * (tiles * count + 1) + total).argmax())
+        chosen.append(k)
+        dist = (pool != pool[:, k:k + 1]).sum(axis=0, dtype=np.int64)
+        np.minimum(min_dist, dist, out=min_dist)
+        total += dist
+    return torch.from_numpy(pool[:, chosen].T.astype(np.int64))
+
+
+def permute_tiles(tiles: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    """Shuffle every image's tiles: ``out[b, i] = tiles[b, perms[b, i]]``. tiles: (B, T, ...);
+    perms: (B, T) int64."""
+    return tiles[torch.arange(tiles.shape[0], device=tiles.device)[:, None], perms.to(tiles.device)]
+
+
+DOWNSAMPLING = ("bilinear", "bicubic", "area")
+
+
+def random_downsample(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), every image with one of :data:`DOWNSAMPLING` picked at
+    random (antialiased bilinear and bicubic, area averaging): Noroozi et al.'s (2017) measure
+    against a counting network that tells downsampled images from tiles by the artefacts of one
+    resampling filter."""
+    pick = torch.randint(len(DOWNSAMPLING), (images.shape[0],), generator=generator).to(images.device)
+    out = torch.zeros(images.shape[0], images.shape[1], size, size, dtype=images.dtype, device=images.device)
+    for k, mode in enumerate(DOWNSAMPLING):
+        sel = pick == k
+        if sel.any():
+            x = images[sel]
+            if mode == "area":
+                out[sel] = F.interpolate(x, size=(size, size), mode="area")
+            else:
+                out[sel] = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=True)
+    return out
+
+
+def shuffle_across_images(tiles: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Jigsaw Clustering's shuffle (Chen et al., 2021): the B * T tiles of a batch (B, T, C, h, w)
+    are put in one random order and dealt back into B puzzles of T slots, so that a puzzle mixes
+    tiles of several images. Returns (shuffled (B, T, C, h, w), source (B, T): the image each
+    slot's tile comes from, position (B, T): where that tile was in its image)."""
+    b, t = tiles.shape[:2]
+    order = torch.randperm(b * t, generator=generator).to(tiles.device)
+    shuffled = tiles.flatten(0, 1)[order].view_as(tiles)
+    return shuffled, (order // t).view(b, t), (order % t).view(b, t)
