@@ -176,6 +176,8 @@ def test_ibot_masks_cover_the_ratio_range_per_image(cifar_images):
     assert counts.unique().numel() > 10  # a ratio per image, not per batch
     _, masked = split_indices(masks[:1])
     assert masked.shape[1] == counts[0]
+    with pytest.raises(ConfigError, match="ibot predicts the teacher's patch distributions, not pixels"):
+        ibot.reconstruct(cifar_images[:2], masks[:2])
 
 
 TINY = ["backbone.kwargs={depth: 2, embed_dim: 48, num_heads: 3}", "train.progress=false", "train.knn_every=0",

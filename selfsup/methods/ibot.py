@@ -121,6 +121,9 @@ class IBOT(MaskedImageModel):
                            for k in counts])
         return masks[rank() * n : (rank() + 1) * n].to(images.device)
 
+    def predict_patches(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise ConfigError("ibot predicts the teacher's patch distributions, not pixels: it has no reconstructions")
+
     def patch_logits(self, patches: torch.Tensor, teacher: bool = False) -> torch.Tensor:
         """The patch head's logits (B, N, K) of patch tokens (B, N, D)."""
         source = self.teacher if teacher else self
