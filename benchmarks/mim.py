@@ -8,7 +8,9 @@ row pre-trains the SAME encoder, a ViT-Tiny-wide ViT (192 wide, 3 heads, ``--dep
 and drop-path 0.1), on the same ``--images`` CIFAR-10 train images for ``--epochs`` epochs at
 batch ``--batch-size``, ``--warmup-epochs`` of warm-up, seed ``--seed``. The method's options
 come from its preset cifar10/<preset> (``ROWS`` maps a row to a preset and its own overrides:
-``cae_noalign`` is cae with ``cae.alignment_weight=0``; the ResNet presets of mocov3 and dino
+``cae_noalign`` is cae with ``cae.alignment_weight=0``, ``cae_tokens`` cae with the tokenizer's
+ids as targets (``--tokenizer``, also beit's; ``selfsup tokenizer train``), ``ibot`` its preset
+with 2 local crops as the dino row; the ResNet presets of mocov3 and dino
 get the ViT, AdamW lr 1e-3 wd 0.05 and smaller heads). The preset's lr is used as it is
 (AdamW: no linear batch scaling for the MIM presets, which are all at batch 256).
 
@@ -49,8 +51,10 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
 from selfsup.eval.reconstruct import reconstruction_report
 from selfsup.methods import METHODS
+from selfsup.methods.ibot import IBOT
 from selfsup.methods.masked import MaskedImageModel
 from selfsup.models.backbones import build_backbone
+from selfsup.models.tokenizer import read_tokenizer_config
 from selfsup.train.trainer import Trainer, seed_everything
 from selfsup.views.features import extract_features
 
@@ -59,12 +63,22 @@ CONTRASTIVE_VIT = {"optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, 
 # row name -> (preset under cifar10/, the row's own overrides); a name not listed is its own preset
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "cae_noalign": ("cae", {"cae": {"alignment_weight": 0.0}}),
+    "cae_tokens": ("cae", {"cae": {"target": "tokens"}}),
+    "ibot": ("ibot", {"views": {"local_crops": 2}}),
     "mocov3": ("mocov3", merge(CONTRASTIVE_VIT, {"mocov3": {"proj_hidden": 1024, "pred_hidden": 1024}})),
     "dino": ("dino", merge(CONTRASTIVE_VIT, {"dino": {"out_dim": 1024, "hidden_dim": 1024},
                                              "views": {"local_crops": 2}})),
 }
 DEFAULT_METHODS = ("mae", "simmim", "cae", "cae_noalign", "mocov3", "dino")
 RANDOM = "random init"
+TOKENIZER_KEY = {"beit": "beit", "cae_tokens": "cae"}  # rows whose targets are the --tokenizer's ids
+
+
+def pixel_targets_of(method: Any) -> bool:
+    """Whether a method predicts pixels (the reconstruction report): not BEiT / CAE on token ids,
+    not iBOT (its targets are the teacher's patch distributions)."""
+    return (isinstance(method, MaskedImageModel) and getattr(method, "tokenizer", None) is None
+            and not isinstance(method, IBOT))
 
 
 def vit(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,6 +90,8 @@ def vit(args: argparse.Namespace) -> dict[str, Any]:
 def config_for(row: str, args: argparse.Namespace, work: Path):
     preset, own = ROWS.get(row, (row, {}))
     raw = merge(load_yaml(find_config(f"cifar10/{preset}")), own)
+    if row in TOKENIZER_KEY:
+        raw = merge(raw, {TOKENIZER_KEY[row]: {"tokenizer": args.tokenizer}})
     raw = merge(raw, {
         "backbone": vit(args),
         "data": {"path": args.data, "max_images": args.images, "max_test_images": args.test_images},
@@ -142,12 +158,16 @@ def run_row(row: str, args: argparse.Namespace, work: Path, results: Path) -> di
                "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"], "steps": trainer.step,
                "optimizer": cfg.optim.name, "lr": cfg.optim.lr}
         method, backbone = trainer.method, trainer.method.backbone
+    if row in TOKENIZER_KEY:  # the targets' tokenizer: its own held-out statistics
+        stats = read_tokenizer_config(args.tokenizer)[1]
+        out["tokenizer_stats"] = {k: stats.get(k) for k in ("recon_mse", "perplexity", "codes_used", "epoch",
+                                                            "held_out", "held_out_images")}
     splits = splits_of(cfg)  # the same train and test images for every row
     out["preset"] = ROWS.get(row, (row, {}))[0] if row != RANDOM else "-"
     start = time.perf_counter()
     out.update(probes(backbone, splits, cfg, args))
     out["probes_s"] = time.perf_counter() - start
-    if isinstance(method, MaskedImageModel):
+    if pixel_targets_of(method):
         v = cfg.views
         rec, figure = reconstruction_report(method, splits.test, v.size, v.mean, v.std, picture_images=6)
         out["reconstruction"] = rec
@@ -164,7 +184,8 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch_size, "warmup_epochs": args.warmup_epochs, "seed": args.seed,
             "backbone": f"ViT patch 4, width {args.width}, depth {args.depth}, {max(1, args.width // 64)} heads, 32 px",
             "attentive_epochs": args.attentive_epochs, "finetune_epochs": args.finetune_epochs,
-            "finetune_lr": args.finetune_lr, "layer_decay": args.layer_decay, "set": args.set}
+            "finetune_lr": args.finetune_lr, "layer_decay": args.layer_decay, "set": args.set,
+            "tokenizer": args.tokenizer}
 
 
 def _fmt(row: dict[str, Any], key: str, fmt: str = ".3f") -> str:
@@ -210,6 +231,7 @@ def main() -> None:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every row")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tokenizer", default="", help="tokenizer folder of the beit and cae_tokens rows")
     p.add_argument("--workdir", default="/tmp/selfsup-mim-bench")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/mim.json"))
     args = p.parse_args()
