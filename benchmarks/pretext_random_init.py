@@ -9,7 +9,10 @@ concatenated; their untrained versions are the baselines that say whether pre-tr
 ``instance_methods.py`` (its ``config_for``, ``eval_splits`` and ``evaluate``): the method's
 preset with the shared backbone, built with ``--seed``, the views' normalisation set
 (``on_fit_start``: for colorization it also estimates its colour prior, which the features
-ignore), then kNN and the linear probe. Writes ``--out`` (JSON) and prints a markdown table.
+ignore), then kNN and the linear probe. For colorization also the chance level of its pretext
+accuracy: the colour-bin accuracy on the evaluation images of always predicting the most
+frequent bin of the training prior (grey, mostly). Writes ``--out`` (JSON) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -21,9 +24,24 @@ from pathlib import Path
 import torch
 from instance_methods import ROOT, config_for, eval_splits, evaluate
 
+from selfsup.data import ImageDataset
 from selfsup.methods import METHODS, RunInfo
+from selfsup.methods.colorization import Colorization
 from selfsup.models.backbones import build_backbone
 from selfsup.train.trainer import seed_everything
+from selfsup.views.lab import nearest_bin
+from selfsup.views.recipes import eval_view
+
+
+@torch.no_grad()
+def mode_bin_accuracy(method: Colorization, test: ImageDataset, cfg) -> float:
+    """Share of the target pixels of ``test`` whose nearest bin is the training prior's mode."""
+    v, hits, total = cfg.views, 0, 0
+    mode = method.prior.argmax()
+    for batch in test.batches(512, shuffle=False, drop_last=False):
+        bins = nearest_bin(method.target_ab(eval_view(batch.images, v.size, v.mean, v.std)), method.bins)
+        hits, total = hits + (bins == mode).sum().item(), total + len(bins)
+    return hits / total
 
 
 def main() -> None:
@@ -49,6 +67,9 @@ def main() -> None:
         method.on_fit_start(splits.train, cfg.views, torch.device("cpu"))
         rows.append({"method": f"random init ({name} network)", **evaluate(method.backbone, splits, cfg,
                                                                            torch.device("cpu"))})
+        if isinstance(method, Colorization):
+            rows[-1]["mode_bin_accuracy"] = mode_bin_accuracy(method, splits.test, cfg)
+            rows[-1]["mode_bin"] = method.bins[method.prior.argmax()].tolist()
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
