@@ -227,7 +227,7 @@ def test_a_short_real_run_lowers_the_loss(name, options, cifar_subset, cifar_ima
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     if options.get("loss") != "nce":  # colour-bin / L-ab matching accuracy rises (memory-bank NCE: slower)
-        assert sum(accs[-5:]) > 2 * sum(accs[:5]), accs
+        assert sum(accs[-5:]) > 1.5 * sum(accs[:5]), accs
     held = _view(cifar_images[64:], torch.arange(64, 100))
     assert 0.0 <= pretext_accuracy(method, held) <= 1.0
 
