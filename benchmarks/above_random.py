@@ -20,6 +20,10 @@ runs must share ``data.max_images`` and seed) and the run's evaluation view:
   are 1 when the run and random initialisation classify test image i correctly, and its paired
   standard error std(c - r) / sqrt(n). ``above`` is d > 2 standard errors.
 
+``--precise-bn`` first re-estimates every batch-norm layer's statistics on the training images
+at the evaluation view (``selfsup.eval.precise_bn``; random initialisation's too), for runs that
+pre-trained on other inputs than whole images (tiles, patches).
+
 Writes the rows as JSON and prints a markdown table. With ``--append`` the rows already in
 ``--out`` are kept and only new runs are evaluated (random initialisation is seeded, so its row
 is the same in every invocation with the same first run).
@@ -38,14 +42,20 @@ from saved_runs import splits_and_random_init
 from selfsup.data.dataset import ImageDataset
 from selfsup.eval.knn import knn_predict
 from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
+from selfsup.eval.precise_bn import recalibrate_bn
 from selfsup.train.runs import load_run
 from selfsup.views.features import extract_features
 
 PROBES = ("knn", "linear", "linear_chosen_wd")
 
 
-def correct(backbone: torch.nn.Module, train: ImageDataset, test: ImageDataset, views) -> dict[str, torch.Tensor]:
-    """Per-test-image correctness (bool, (N,)) of each probe on ``backbone``'s frozen features."""
+def correct(
+    backbone: torch.nn.Module, train: ImageDataset, test: ImageDataset, views, precise_bn: bool = False
+) -> dict[str, torch.Tensor]:
+    """Per-test-image correctness (bool, (N,)) of each probe on ``backbone``'s frozen features
+    (with ``precise_bn``, after re-estimating its batch-norm statistics on ``train``)."""
+    if precise_bn:
+        recalibrate_bn(backbone, train, views.size, views.mean, views.std)
     ftr, ytr = extract_features(backbone, train, views.size, views.mean, views.std)
     fte, yte = extract_features(backbone, test, views.size, views.mean, views.std)
     n_cls = len(train.classes)
@@ -67,6 +77,8 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="pre-training run folders (with last.pt)")
     p.add_argument("--test-images", type=int, default=0, help="test images to evaluate on (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-initialisation row")
+    p.add_argument("--precise-bn", action="store_true",
+                   help="re-estimate batch-norm statistics on the training images before evaluating")
     p.add_argument("--out", default=None, help="JSON file for the rows")
     p.add_argument("--append", action="store_true",
                    help="keep the rows already in --out and evaluate only the runs it does not have")
@@ -77,7 +89,7 @@ def main() -> None:
             raise SystemExit(f"--append: no rows to keep, {args.out} is not a file")
         kept = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["run"] != "random init"]
     cfg, train, test, fresh = splits_and_random_init(args.runs[0], args.test_images, args.seed)
-    reference = correct(fresh.backbone, train, test, cfg.views)
+    reference = correct(fresh.backbone, train, test, cfg.views, args.precise_bn)
     rows = [{"run": "random init", **{f"{k}_top1": v.float().mean().item() for k, v in reference.items()}}]
     rows += kept
     done = {r["run"] for r in kept}
@@ -86,7 +98,7 @@ def main() -> None:
         if (run_cfg.data.max_images, run_cfg.train.seed) != (cfg.data.max_images, cfg.train.seed):
             raise SystemExit(f"{run}: data.max_images / train.seed differ from {args.runs[0]}'s")
         row = {"run": str(run), "steps": method_steps(run)}
-        for k, c in correct(method.backbone, train, test, run_cfg.views).items():
+        for k, c in correct(method.backbone, train, test, run_cfg.views, args.precise_bn).items():
             diff, se = paired_difference(c, reference[k])
             row |= {f"{k}_top1": c.float().mean().item(), f"{k}_diff": diff, f"{k}_se": se, f"{k}_above": diff > 2 * se}
         rows.append(row)

@@ -9,8 +9,10 @@ from selfsup.config import BackboneConfig
 from selfsup.data import open_dataset
 from selfsup.eval.knn import knn_accuracy, knn_predict
 from selfsup.eval.linear import linear_probe, linear_probe_chosen_decay
+from selfsup.eval.precise_bn import recalibrate_bn
 from selfsup.models.backbones import build_backbone
 from selfsup.views.features import extract_features
+from selfsup.views.recipes import eval_view
 
 
 def test_knn_weighted_vote_by_hand():
@@ -105,3 +107,24 @@ def test_chosen_decay_lifts_random_init_features_on_real_cifar(cifar_subset):
     assert choice.weight_decay > 0
     assert choice.validation_accuracy[choice.weight_decay] > choice.validation_accuracy[0.0] + 0.03
     assert choice.result.last_epoch_accuracy > plain.last_epoch_accuracy + 0.03
+
+
+def test_precise_bn_sets_running_stats_to_the_dataset_average_and_keeps_the_weights(cifar_subset):
+    """On real CIFAR-10 images: after recalibration the first BN layer's running mean is the
+    mean of its input over the dataset's full batches (by hand: a conv's output at the evaluation
+    view), its variance the average of the batch variances; weights, momentum and mode unchanged."""
+    train = open_dataset(cifar_subset(30, 0)).train  # 300 images: one full batch of 256
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 4, 3, bias=False), torch.nn.BatchNorm2d(4))
+    net.eval()
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "batches" not in k}
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    assert recalibrate_bn(net, train, 32, mean, std, batch_size=256) == 2
+    x = eval_view(next(train.batches(256, shuffle=False)).images, 32, mean, std)
+    conv = net[0](x)
+    torch.testing.assert_close(net[1].running_mean, conv.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(net[1].running_var, conv.var(dim=(0, 2, 3)), rtol=1e-3, atol=1e-5)
+    assert not net.training and net[1].momentum == 0.1
+    for k, v in weights.items():
+        assert torch.equal(net.state_dict()[k], v), k
