@@ -28,7 +28,7 @@ Self-Supervised Vision Transformers", ICCV 2021).
   h -> log K and KL -> 0; collapse onto one dimension: h -> 0 and KL -> 0. On 3,000 CIFAR
   images with K = 4096 the teacher drifts to uniform (h rises towards log K for the whole
   run); with K = 512 and the teacher temperature held at 0.04 h falls and DINO learns
-  (benchmarks/README.md).
+  (benchmarks/LOG.md).
 - Differences from the official code: no weight-decay schedule (the official ViT recipe
   raises wd 0.04 -> 0.4; its ResNet-50 recipe keeps it constant, as here); gradient
   clipping (``optim.grad_clip``) is by global norm, not per parameter; local crops are

@@ -23,13 +23,13 @@ Discrimination", CVPR 2018).
   current batch's estimate). Not in the paper: on small datasets the bank refills with the
   network's early, highly correlated features within a few steps, the first-batch Z is then
   far too small, every noise posterior h saturates and the loss diverges (measured in
-  benchmarks/README.md); a running Z keeps h calibrated.
+  benchmarks/LOG.md); a running Z keeps h calibrated.
   ``bank_init``: "random" (the paper's, above) or "features" (not in the paper): before the
   first step the bank is filled with the untrained network's own normalised embeddings of
   the un-augmented training images (eval mode), so that no step trains towards a random
   target. With the random bank, every positive of the first epoch is a random vector the
   network cannot fit, and the batch-averaged pull moves all outputs together; on 3,000
-  images that collapse costs more than the rest of a short run recovers (benchmarks/README.md).
+  images that collapse costs more than the rest of a short run recovers (benchmarks/LOG.md).
   The noise indices are drawn for the whole global batch from a generator that is seeded
   identically on every rank and restored on resume (``SharedGenerator``).
 - Differences from the official code (lemniscate.pytorch): the initial bank rows are

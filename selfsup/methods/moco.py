@@ -26,7 +26,7 @@ Baselines with Momentum Contrastive Learning", arXiv 2020).
   random order, the dataset repeated when K exceeds it), so no step contrasts against random
   vectors. With the random queue the first K / batch steps see negatives that are uniformly
   spread and unrelated to the data, and collapsing all queries onto one direction lowers the
-  loss; on 3,000 images that early collapse is not recovered (benchmarks/README.md).
+  loss; on 3,000 images that early collapse is not recovered (benchmarks/LOG.md).
 - Differences from the official code: the key encoder is updated after the optimiser step
   (the official one updates it at the start of the next forward: the same sequence); the
   EMA also averages BN running statistics (unused in training); weight decay skips norms

@@ -12,7 +12,7 @@ Features by Contrasting Cluster Assignments", NeurIPS 2020).
   (:func:`selfsup.losses.clustering.sinkhorn_knopp`; sums all-reduced over ranks). A smaller
   epsilon gives more peaked codes; the official FAQ lowers it (0.03) when training collapses
   early to uniform codes (loss stuck near ln K). At batch 128 without a queue, epsilon 0.05
-  collapses that way in our CIFAR-10 benchmark and 0.02 does not (benchmarks/README.md). Optional
+  collapses that way in our CIFAR-10 benchmark and 0.02 does not (benchmarks/LOG.md). Optional
   queue (``queue_length`` > 0): from epoch ``epoch_queue_starts`` on, the embeddings of the
   global crops of recent batches are stored; once the queue is full its rows, scored with
   the current prototypes, join the Sinkhorn problem (only the batch's codes are kept), so
